@@ -1,0 +1,1 @@
+"""eventflow: events in, DAG runs out."""

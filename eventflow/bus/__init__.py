@@ -1,0 +1,1 @@
+"""The event bus: sensors publish received events, the engine consumes them."""

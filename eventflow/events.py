@@ -1,0 +1,197 @@
+"""CloudEvents 1.0 in eventflow: what a sender claims (`Event`) and what eventflow stamped on
+arrival (`ReceivedEvent`).
+
+This module is pure: it (de)serializes the structured JSON form that travels on the bus and
+validates the required attributes. It does not know HTTP, Kafka or NATS bindings; the sensors
+map those onto `Event`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from eventflow.errors import InvalidEventError
+
+SPEC_VERSION = "1.0"
+JSON_CONTENT_TYPE = "application/json"
+CORE_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"}
+)
+# Extension names eventflow stamps on arrival; the spec asks for lowercase alphanumerics.
+SENSOR_EXTENSION = "eventflowsensor"
+RECEIVED_EXTENSION = "eventflowreceived"
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+
+ExtensionValue = str | int | bool
+
+
+def new_event_id() -> str:
+    """A fresh id for an event whose sender gave none."""
+    return str(uuid.uuid4())
+
+
+def parse_time(value: str) -> datetime:
+    """RFC 3339 timestamp -> aware datetime (a trailing Z is accepted)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as error:
+        raise InvalidEventError(f"time: {value!r} is not an RFC 3339 timestamp") from error
+    if parsed.tzinfo is None:
+        raise InvalidEventError(f"time: {value!r} has no UTC offset; add Z or +HH:MM")
+    return parsed
+
+
+def format_time(value: datetime) -> str:
+    """Aware datetime -> RFC 3339 with a Z for UTC."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A CloudEvent as its sender made it. `data` is a JSON value, or bytes for binary data."""
+
+    id: str
+    source: str
+    type: str
+    subject: str | None = None
+    time: datetime | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: Any = None
+    extensions: Mapping[str, ExtensionValue] = field(default_factory=dict)
+    specversion: str = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("id", "source", "type"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InvalidEventError(f"{name}: required, a non-empty string")
+        if self.specversion != SPEC_VERSION:
+            raise InvalidEventError(
+                f"specversion: {self.specversion!r} is not supported; eventflow speaks {SPEC_VERSION!r}"
+            )
+        for key in self.extensions:
+            if key in CORE_ATTRIBUTES or key == "data" or not _EXTENSION_NAME.match(key):
+                raise InvalidEventError(
+                    f"extension {key!r}: names are 1-20 lowercase letters or digits"
+                    " and cannot reuse a core attribute"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The structured-mode JSON object (data_base64 for bytes)."""
+        document: dict[str, Any] = {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+        }
+        if self.subject is not None:
+            document["subject"] = self.subject
+        if self.time is not None:
+            document["time"] = format_time(self.time)
+        if self.datacontenttype is not None:
+            document["datacontenttype"] = self.datacontenttype
+        if self.dataschema is not None:
+            document["dataschema"] = self.dataschema
+        document.update(self.extensions)
+        if isinstance(self.data, bytes):
+            document["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        elif self.data is not None:
+            document["data"] = self.data
+        return document
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Event:
+        """Parse a structured-mode CloudEvent; raise InvalidEventError naming the attribute."""
+        if not isinstance(document, Mapping):
+            raise InvalidEventError("a structured CloudEvent is a JSON object")
+        if "data" in document and "data_base64" in document:
+            raise InvalidEventError("data and data_base64 are exclusive; send one of them")
+        extensions: dict[str, ExtensionValue] = {}
+        for key, value in document.items():
+            if key in CORE_ATTRIBUTES or key in ("data", "data_base64"):
+                continue
+            if not isinstance(value, str | int | bool):
+                raise InvalidEventError(
+                    f"extension {key!r}: value must be a string, integer or boolean"
+                )
+            extensions[key] = value
+        data: Any = document.get("data")
+        if "data_base64" in document:
+            encoded = document["data_base64"]
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (ValueError, TypeError) as error:
+                raise InvalidEventError("data_base64: not valid base64") from error
+        time_value = document.get("time")
+        if time_value is not None and not isinstance(time_value, str):
+            raise InvalidEventError("time: must be an RFC 3339 string")
+        for name in ("subject", "datacontenttype", "dataschema"):
+            if document.get(name) is not None and not isinstance(document[name], str):
+                raise InvalidEventError(f"{name}: must be a string")
+        return cls(
+            specversion=str(document.get("specversion", "")),
+            id=document.get("id"),  # type: ignore[arg-type]  # validated in __post_init__
+            source=document.get("source"),  # type: ignore[arg-type]
+            type=document.get("type"),  # type: ignore[arg-type]
+            subject=document.get("subject"),
+            time=parse_time(time_value) if time_value is not None else None,
+            datacontenttype=document.get("datacontenttype"),
+            dataschema=document.get("dataschema"),
+            data=data,
+            extensions=extensions,
+        )
+
+    def expression_view(self) -> dict[str, Any]:
+        """The event as CEL and templates see it: attributes, data and extensions by name."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject if self.subject is not None else "",
+            "time": self.time,
+            "datacontenttype": self.datacontenttype or "",
+            "data": self.data,
+            "extensions": dict(self.extensions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """An event stamped by eventflow on arrival: which sensor heard it, and when."""
+
+    event: Event
+    sensor: str
+    received_at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.event.id
+
+    def encode(self) -> bytes:
+        """Bytes for the bus: a structured CloudEvent carrying the stamp as two extensions."""
+        document = self.event.to_dict()
+        document[SENSOR_EXTENSION] = self.sensor
+        document[RECEIVED_EXTENSION] = format_time(self.received_at)
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ReceivedEvent:
+        try:
+            document = json.loads(payload)
+        except ValueError as error:
+            raise InvalidEventError(f"bus payload is not JSON: {error}") from error
+        if not isinstance(document, dict):
+            raise InvalidEventError("bus payload is not a JSON object")
+        sensor = document.pop(SENSOR_EXTENSION, None)
+        received = document.pop(RECEIVED_EXTENSION, None)
+        if not isinstance(sensor, str) or not isinstance(received, str):
+            raise InvalidEventError("bus payload lacks eventflow's arrival stamp")
+        return cls(event=Event.from_dict(document), sensor=sensor, received_at=parse_time(received))

@@ -1,0 +1,1 @@
+"""Executors run one attempt of one step: locally as a process, or as a Kubernetes Job."""

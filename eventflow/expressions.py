@@ -1,0 +1,121 @@
+"""CEL expressions and `{{ expr }}` string templates: compiled once at load, evaluated per event.
+
+User text is data, never code: CEL has no I/O, no loops beyond bounded comprehensions over the
+input, and no access to Python. This module is pure; it does not know which variables a given
+place offers: callers pass `variables`, and a reference to anything else is a load-time error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import cel
+
+from eventflow.errors import ExpressionError
+
+_TEMPLATE_PART = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled CEL expression."""
+
+    source: str
+    _program: Any
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        try:
+            return self._program.execute(dict(context))
+        except Exception as error:  # the CEL runtime raises several builtin types
+            raise ExpressionError(f"{self.source!r}: {_runtime_message(error)}") from error
+
+    def holds(self, context: Mapping[str, Any]) -> bool:
+        """Evaluate a condition; anything but a boolean result is an error."""
+        result = self.evaluate(context)
+        if not isinstance(result, bool):
+            raise ExpressionError(
+                f"{self.source!r}: a condition must give true or false, it gave"
+                f" {type(result).__name__} {result!r}"
+            )
+        return result
+
+
+def _runtime_message(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return f"no such key: {error.args[0] if error.args else error}"
+    return str(error).split("\n", 1)[0]
+
+
+def compile_expression(source: str, variables: frozenset[str]) -> Expression:
+    """Compile `source`; raise ExpressionError if it is malformed or names an unknown variable."""
+    if not source.strip():
+        raise ExpressionError("empty expression")
+    try:
+        program = cel.compile(source)
+    except ValueError as error:
+        detail = str(error).split("ERROR: <input>:", 1)[-1].split("\n", 1)[0]
+        raise ExpressionError(f"{source!r} is not valid CEL: {detail.strip()}") from error
+    unknown = sorted(set(program.references()["variables"]) - variables)
+    if unknown:
+        raise ExpressionError(
+            f"{source!r} refers to {', '.join(unknown)}, which is not defined here;"
+            f" available: {', '.join(sorted(variables))}"
+        )
+    return Expression(source, program)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A string with `{{ expr }}` parts; literal text around them is kept as written."""
+
+    source: str
+    _parts: tuple[str | Expression, ...]
+
+    @property
+    def is_literal(self) -> bool:
+        return all(isinstance(part, str) for part in self._parts)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Render to text: strings as they are, numbers and booleans as CEL writes them,
+        lists and maps as compact JSON, null as empty."""
+        return "".join(
+            part if isinstance(part, str) else _as_text(part.evaluate(context))
+            for part in self._parts
+        )
+
+
+def compile_template(source: str, variables: frozenset[str]) -> Template:
+    parts: list[str | Expression] = []
+    position = 0
+    for match in _TEMPLATE_PART.finditer(source):
+        if match.start() > position:
+            parts.append(source[position : match.start()])
+        parts.append(compile_expression(match.group(1).strip(), variables))
+        position = match.end()
+    rest = source[position:]
+    if "{{" in rest:
+        raise ExpressionError(f"{source!r}: '{{{{' without a closing '}}}}'")
+    if rest:
+        parts.append(rest)
+    return Template(source, tuple(parts))

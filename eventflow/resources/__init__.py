@@ -1,0 +1,1 @@
+"""The YAML resources (Sensor, Trigger, WorkflowTemplate): models, loading, validation."""

@@ -1,0 +1,1 @@
+"""Sensors: the plugin protocol, discovery through entry points, and intake."""

@@ -1,0 +1,1 @@
+"""The built-in sensor plugins, registered under the eventflow.sensors entry-point group."""
