@@ -73,7 +73,9 @@ class Executor(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None:
-        """Stop watching; the attempts still running are left to `adopt` after a restart."""
+        """Stop watching. An executor whose attempts die with eventflow (local processes)
+        stops them and reports each as FAILED; one whose attempts outlive it (Kubernetes
+        Jobs) leaves them to `adopt` after a restart. `updates()` ends after that."""
         ...
 
     async def submit(self, step: StepSpec) -> None: ...
