@@ -1,0 +1,1 @@
+"""Workflow runs: the states of runs and steps, and the pure DAG planner that moves them."""
