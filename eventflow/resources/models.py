@@ -80,7 +80,7 @@ class SensorSpec(Strict):
 
 
 class Sensor(Strict):
-    apiVersion: Literal["eventflow.io/v1alpha1"]  # noqa: N815  (Kubernetes field names)
+    apiVersion: Literal["eventflow.io/v1alpha1"]
     kind: Literal["Sensor"]
     metadata: Metadata
     spec: SensorSpec
@@ -129,7 +129,7 @@ class TriggerSpec(Strict):
 
 
 class Trigger(Strict):
-    apiVersion: Literal["eventflow.io/v1alpha1"]  # noqa: N815
+    apiVersion: Literal["eventflow.io/v1alpha1"]
     kind: Literal["Trigger"]
     metadata: Metadata
     spec: TriggerSpec
@@ -150,7 +150,7 @@ class Retries(Strict):
     limit: int = Field(default=0, ge=0, le=100, description="attempts after the first")
     backoff: Duration = Field(default=10.0, description="seconds before the first retry")
     factor: float = Field(default=2.0, ge=1.0, description="backoff multiplier per retry")
-    maxBackoff: Duration = Field(default=600.0)  # noqa: N815
+    maxBackoff: Duration = Field(default=600.0)
 
     @field_validator("backoff", "maxBackoff", mode="before")
     @classmethod
@@ -164,7 +164,7 @@ class Step(Strict):
     command: list[str] = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    workingDir: str | None = None  # noqa: N815
+    workingDir: str | None = None
     depends: list[str] = Field(default_factory=list)
     when: str | None = Field(default=None, description="CEL; false skips the step")
     retries: Retries = Field(default_factory=Retries)
@@ -180,7 +180,7 @@ class WorkflowSpec(Strict):
     parameters: list[Parameter] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, description="env for every step")
     parallelism: int | None = Field(default=None, ge=1, description="steps running at once")
-    failFast: bool = Field(  # noqa: N815
+    failFast: bool = Field(
         default=True,
         description="on a failed step, cancel the running ones and start no more;"
         " false runs every step whose dependencies succeeded",
@@ -189,7 +189,7 @@ class WorkflowSpec(Strict):
 
 
 class WorkflowTemplate(Strict):
-    apiVersion: Literal["eventflow.io/v1alpha1"]  # noqa: N815
+    apiVersion: Literal["eventflow.io/v1alpha1"]
     kind: Literal["WorkflowTemplate"]
     metadata: Metadata
     spec: WorkflowSpec

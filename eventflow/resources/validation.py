@@ -20,13 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from eventflow.errors import ExpressionError, Problem, ResourceError
 from eventflow.expressions import compile_expression, compile_template
-from eventflow.resources.loading import (
-    FieldPath,
-    Located,
-    describe_errors,
-    dotted,
-    load_documents,
-)
+from eventflow.resources.describing import FieldPath, describe_errors, dotted
+from eventflow.resources.loading import Located, load_documents
 from eventflow.resources.models import Resource, Sensor, Trigger, WorkflowTemplate
 from eventflow.resources.scopes import FILTER_VARIABLES, STEP_VARIABLES, TRIGGER_VARIABLES
 from eventflow.sensing.protocol import SensorPlugin
@@ -224,12 +219,13 @@ def _check_workflow(located: Located[WorkflowTemplate], report: _Report) -> None
     _unique(located, "parameters", [p.name for p in spec.parameters], "parameter", report)
     steps = [step.name for step in spec.steps]
     _unique(located, "steps", steps, "step", report)
+    declared = set(steps)  # a list lookup per dependency is quadratic in long workflows
     for key, value in spec.env.items():
         _template(located, ("spec", "env", key), value, report)
     for index, step in enumerate(spec.steps):
         at: FieldPath = ("spec", "steps", index)
         for position, name in enumerate(step.depends):
-            if name not in steps:
+            if name not in declared:
                 report.add(
                     located,
                     (*at, "depends", position),
@@ -276,23 +272,30 @@ def _cycles(steps: Sequence[Any]) -> list[tuple[int, list[str]]]:
     depends = {step.name: [name for name in step.depends if name in index] for step in steps}
     done: set[str] = set()
     found: dict[frozenset[str], tuple[int, list[str]]] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if name in trail:
-            loop = trail[trail.index(name) :]
-            start = min(loop, key=index.__getitem__)
-            turn = loop.index(start)
-            ordered = loop[turn:] + loop[:turn]
-            found.setdefault(frozenset(loop), (index[start], [*ordered, start]))
-            return
-        if name in done:
-            return
-        trail.append(name)
-        for dependency in depends[name]:
-            visit(dependency, trail)
-        trail.pop()
-        done.add(name)
-
+    # Depth-first with an explicit stack: a chain of thousands of steps would pass Python's
+    # recursion limit. `trail` is the path from the root, `pending` the dependencies each
+    # step on it has left to visit, `on_trail` where each step sits in the trail.
     for step in steps:
-        visit(step.name, [])
+        if step.name in done:
+            continue
+        trail = [step.name]
+        on_trail = {step.name: 0}
+        pending = [iter(depends[step.name])]
+        while pending:
+            dependency = next(pending[-1], None)
+            if dependency is None:
+                pending.pop()
+                finished = trail.pop()
+                del on_trail[finished]
+                done.add(finished)
+            elif dependency in on_trail:
+                loop = trail[on_trail[dependency] :]
+                start = min(loop, key=index.__getitem__)
+                turn = loop.index(start)
+                ordered = loop[turn:] + loop[:turn]
+                found.setdefault(frozenset(loop), (index[start], [*ordered, start]))
+            elif dependency not in done:
+                on_trail[dependency] = len(trail)
+                trail.append(dependency)
+                pending.append(iter(depends[dependency]))
     return sorted(found.values())

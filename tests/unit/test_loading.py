@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eventflow.resources.loading import Located, dotted, load_documents, show
+from eventflow.resources.describing import dotted, show
+from eventflow.resources.loading import Located, load_documents
 from eventflow.resources.models import Trigger, WorkflowTemplate
 
 WORKFLOW = """\

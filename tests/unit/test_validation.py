@@ -280,6 +280,33 @@ def test_workflow_problems(tmp_path: Path, steps: str, extra: str, expected: lis
     assert problems(tmp_path, workflow(steps, extra)) == expected
 
 
+def chain(length: int, *, closed: bool) -> str:
+    """Steps s0..s{length-1}, each depending on the next; the last on s0 when `closed`."""
+    lines = [
+        f"    - {{name: s{i}, command: [x], depends: [s{i + 1}]}}\n" for i in range(length - 1)
+    ]
+    last = " depends: [s0]" if closed else ""
+    return "".join(lines) + f"    - {{name: s{length - 1}, command: [x],{last}}}\n"
+
+
+def test_chain_of_5000_steps_is_valid_without_reaching_the_recursion_limit(
+    tmp_path: Path,
+) -> None:
+    """A 5,000-step dependency chain loads: the cycle search does not recurse per step."""
+    write(tmp_path, "f.yaml", workflow(chain(5000, closed=False)))
+    steps = load_resources([tmp_path], PLUGINS).workflows["w"].resource.spec.steps
+    assert (len(steps), steps[0].depends, steps[-1].depends) == (5000, ["s1"], [])
+
+
+def test_cycle_through_5000_steps_is_reported_once(tmp_path: Path) -> None:
+    """A cycle through 5,000 steps is one problem, at its first step, naming every step."""
+    around = " -> ".join(f"s{i}" for i in [*range(5000), 0])
+    assert problems(tmp_path, workflow(chain(5000, closed=True))) == [
+        f"f.yaml:6: WorkflowTemplate/w: spec.steps[0].depends: dependency cycle: {around};"
+        " each step waits for the next, so none can start"
+    ]
+
+
 def test_problems_across_files_are_all_reported_sorted(tmp_path: Path) -> None:
     """Problems of two files, from loading and from checks, come together sorted."""
     write(tmp_path, "b.yaml", trigger("{e: {sensor: gone}}", "  workflow: etl\n"))
