@@ -1,0 +1,90 @@
+"""Getting a database ready for the store: the engine for a store URL (SQLite pragmas and
+transaction modes) and the alembic upgrade to the newest revision, run from code.
+
+The script location is this package's own directory, so it works from an installed wheel with
+no alembic.ini. It runs no query of the store's: `sql.py` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from eventflow.errors import ConfigError
+
+HERE = Path(__file__).parent
+DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+# Any fixed number: replicas opening one PostgreSQL database at once take turns migrating.
+_MIGRATION_LOCK = 0x6576656E74666C6F
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def parse_url(url: str) -> URL:
+    """A supported store URL, or a ConfigError that shows the accepted forms."""
+    accepted = "sqlite+aiosqlite:///path/eventflow.db or postgresql+asyncpg://user@host/db"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise ConfigError(f"store url {url!r} is not a database URL; use {accepted}") from error
+    if parsed.drivername not in DRIVERS:
+        raise ConfigError(
+            f"store url: driver {parsed.drivername!r} is not supported; use {accepted}"
+        )
+    if parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(f"store url {url!r} names no database file; use {accepted}")
+    return parsed
+
+
+def _sqlite_connect(connection: Any, _record: Any) -> None:
+    # The driver's own implicit BEGIN is turned off so that _sqlite_begin decides the mode.
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    for pragma in _SQLITE_PRAGMAS:
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    if connection.get_execution_options().get("eventflow_write"):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: URL) -> AsyncEngine:
+    """An engine for a URL from `parse_url`; creates the SQLite file's directory."""
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True)
+    Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    event.listen(engine.sync_engine, "connect", _sqlite_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
+
+
+async def upgrade(connection: AsyncConnection) -> None:
+    """Migrate the database to head inside the caller's (write) transaction."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+    await connection.run_sync(_upgrade)
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    # configparser treats % as interpolation, and an install path may hold one.
+    config.set_main_option("script_location", str(HERE).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,188 @@
+"""What the store keeps, as plain frozen data, and the `Store` seam the rest of eventflow uses.
+
+The dispatcher writes an event with its decisions and the runs it starts in one call; the run
+controller reads and writes runs and steps; the API reads everything. None of them imports
+SQLAlchemy: they import this module. It holds no I/O and does not validate workflow specs or
+trigger rules; the store keeps the snapshots it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from eventflow.events import ReceivedEvent
+
+RUN_STATES = ("Pending", "Running", "Succeeded", "Failed", "Cancelled")
+UNFINISHED_RUN_STATES = ("Pending", "Running")
+TERMINAL_RUN_STATES = ("Succeeded", "Failed", "Cancelled")
+STEP_STATES = ("Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled", "TimedOut")
+
+
+def aware_utc(value: datetime, name: str) -> datetime:
+    """`value` in UTC; a ValueError naming the field `name` when it has no timezone."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name}: {value.isoformat()} has no timezone; pass an aware UTC datetime")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One step of a run; `attempt` counts from 1 once the step first runs."""
+
+    name: str
+    state: str  # one of STEP_STATES
+    attempt: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    outputs: dict[str, Any] | None = None
+    log_tail: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in STEP_STATES:
+            raise ValueError(
+                f"steps.{self.name}.state: {self.state!r} is not a step state;"
+                f" use one of {STEP_STATES}"
+            )
+        for field in ("started_at", "finished_at"):
+            value = getattr(self, field)
+            if value is not None:
+                aware_utc(value, f"steps.{self.name}.{field}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a workflow, with the snapshot of the workflow it started with."""
+
+    id: str
+    trigger: str
+    workflow: str
+    event_id: str
+    dedupe_key: str
+    arguments: dict[str, str]
+    workflow_spec: dict[str, Any]  # snapshot of WorkflowSpec at start
+    state: str  # one of RUN_STATES
+    reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+    steps: tuple[StepRecord, ...] = ()  # in the order they were created
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run the dispatcher wants to start; its steps are created Pending, in this order."""
+
+    id: str
+    trigger: str
+    workflow: str
+    dedupe_key: str
+    arguments: dict[str, str]
+    workflow_spec: dict[str, Any]
+    step_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one trigger decided about one event.
+
+    `run_id` is the id of the `NewRun` this decision started. When that run was a dedupe hit,
+    the store records (and returns) the id of the run that already had the key instead.
+    """
+
+    trigger: str
+    matched: bool
+    reason: str | None
+    run_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event as received, with the decisions the triggers made about it."""
+
+    id: str
+    sensor: str
+    type: str
+    source: str
+    subject: str | None
+    received_at: datetime
+    document: dict[str, Any]  # the structured CloudEvent
+    decisions: tuple[Decision, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchResult:
+    """What `record_dispatch` did with the runs it was given."""
+
+    created: tuple[RunRecord, ...]  # runs inserted by this call
+    existing: dict[str, str]  # dedupe hit: trigger -> id of the run that already had the key
+
+
+class Store(Protocol):
+    """Durable state of eventflow. Every timestamp in and out is timezone-aware UTC.
+
+    Methods that name a run which does not exist raise LookupError, except the readers
+    (`get_run`, `request_cancel`, `get_step_log`, `get_event`) which answer None. An
+    unreachable database raises eventflow.errors.TemporaryError.
+    """
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def record_dispatch(
+        self,
+        event: ReceivedEvent,
+        decisions: Sequence[Decision],
+        runs: Sequence[NewRun],
+        now: datetime,
+    ) -> DispatchResult:
+        """Store the event, its decisions and its runs in one transaction, idempotently."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def list_runs(
+        self, *, limit: int = 50, state: str | None = None, trigger: str | None = None
+    ) -> list[RunRecord]:
+        """Newest first, steps included."""
+        ...
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        """Pending or Running runs, oldest first."""
+        ...
+
+    async def count_active_runs(self, trigger: str) -> int:
+        """Running runs of one trigger."""
+        ...
+
+    async def set_run_state(
+        self, run_id: str, state: str, *, reason: str | None, now: datetime
+    ) -> None:
+        """Stamp started_at on the first Running and finished_at on a terminal state."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> RunRecord | None: ...
+
+    async def save_steps(self, run_id: str, steps: Sequence[StepRecord]) -> None:
+        """Insert or replace steps by name, in one transaction."""
+        ...
+
+    async def save_step_log(self, run_id: str, step: str, attempt: int, text: str) -> None: ...
+
+    async def get_step_log(self, run_id: str, step: str, attempt: int | None = None) -> str | None:
+        """The log of one attempt; the latest attempt when `attempt` is None."""
+        ...
+
+    async def get_event(self, event_id: str, sensor: str | None = None) -> EventRecord | None:
+        """With its decisions; the earliest received when several sensors heard the id."""
+        ...
+
+    async def list_events(self, *, limit: int = 50) -> list[EventRecord]:
+        """Newest first, decisions included."""
+        ...
