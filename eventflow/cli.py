@@ -1,0 +1,342 @@
+"""`eventflow serve | validate | send | explain | runs ...`: the command line.
+
+`serve`, `validate` and `explain` work on resource files; `send` and `runs` talk to a running
+server over its REST API (`--server`, or EVENTFLOW_SERVER), so they work the same against a
+laptop and a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from eventflow.errors import ConfigError, InvalidEventError, ResourceError
+from eventflow.events import Event, ReceivedEvent, new_event_id
+from eventflow.logs import configure_logging
+from eventflow.resources.validation import load_resources
+from eventflow.sensing.discovery import discover_plugins
+from eventflow.settings import Settings
+
+app = typer.Typer(
+    name="eventflow",
+    help="Event-driven orchestration: events in, DAG runs out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+runs_app = typer.Typer(help="Inspect and cancel runs on a running server.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+Paths = Annotated[list[Path], typer.Argument(help="resource files or directories", exists=True)]
+Server = Annotated[
+    str, typer.Option("--server", envvar="EVENTFLOW_SERVER", help="URL of a running eventflow")
+]
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+
+
+def out(text: str = "") -> None:
+    typer.echo(text)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+# --- serve, validate, explain (resource files) ------------------------------------------
+
+
+@app.command()
+def serve(
+    paths: Paths,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="store and step logs (.eventflow)")] = None,
+) -> None:
+    """Run eventflow on the resources in PATHS until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from eventflow.api.app import create_app
+    from eventflow.service import Service
+
+    settings = Settings()
+    overrides: dict[str, Any] = {}
+    if host is not None or port is not None:
+        overrides["api"] = settings.api.model_copy(
+            update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+        )
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    settings = settings.model_copy(update=overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    plugins = discover_plugins()
+    try:
+        load_resources(paths, plugins)
+    except ResourceError as error:
+        typer.echo(str(error), err=True)
+        raise fail(f"{len(error.problems)} problem(s) in the resources; nothing started") from None
+    service = Service(settings, paths, plugins)
+    config = uvicorn.Config(
+        create_app(service),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler
+    # that was there before it; a graceful stop is a success, so that handler does nothing.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    try:
+        uvicorn.Server(config).run()
+    except ConfigError as error:
+        raise fail(str(error)) from None
+
+
+@app.command()
+def validate(paths: Paths) -> None:
+    """Check resource files; print every problem as file:line: Kind/name: field: message."""
+    try:
+        resources = load_resources(paths, discover_plugins())
+    except ResourceError as error:
+        for problem in error.problems:
+            out(str(problem))
+        raise fail(f"{len(error.problems)} problem(s) found") from None
+    out(
+        f"ok: {len(resources.sensors)} sensor(s), {len(resources.triggers)} trigger(s),"
+        f" {len(resources.workflows)} workflow template(s)"
+    )
+
+
+def read_event_file(path: Path) -> Event:
+    try:
+        return Event.from_dict(json.loads(path.read_text()))
+    except OSError as error:
+        raise fail(f"{path}: cannot read: {error.strerror}") from None
+    except ValueError as error:
+        raise fail(f"{path}: not valid JSON: {error}") from None
+    except InvalidEventError as error:
+        raise fail(f"{path}: not a valid CloudEvent: {error}") from None
+
+
+@app.command()
+def explain(
+    event_file: Annotated[Path, typer.Argument(help="a structured CloudEvent (JSON)")],
+    paths: Paths,
+    sensor: Annotated[str, typer.Option(help="name of the sensor that heard the event")] = "api",
+) -> None:
+    """For every trigger: does EVENT_FILE match it, and if not, which condition failed.
+
+    Exits 0 when at least one trigger matches, 1 when none does.
+    """
+    from eventflow.engine.matching import TriggerIndex
+
+    event = read_event_file(event_file)
+    try:
+        resources = load_resources(paths, discover_plugins())
+    except ResourceError as error:
+        for problem in error.problems:
+            out(str(problem))
+        raise fail(f"{len(error.problems)} problem(s) found") from None
+    index = TriggerIndex.build(located.resource for located in resources.triggers.values())
+    verdicts = index.explain(ReceivedEvent(event, sensor, datetime.now(UTC)))
+    for verdict in verdicts:
+        if verdict.matched:
+            out(f"MATCH     {verdict.trigger} (event {verdict.event_name!r})")
+        else:
+            out(f"NO MATCH  {verdict.trigger}: {verdict.reason}")
+    if not verdicts:
+        out("no triggers defined")
+    if not any(verdict.matched for verdict in verdicts):
+        raise typer.Exit(1)
+
+
+# --- send and runs (a running server) ---------------------------------------------------
+
+
+def call(server: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        response = httpx.request(method, server.rstrip("/") + path, timeout=30.0, **kwargs)
+    except httpx.HTTPError as error:
+        raise fail(
+            f"cannot reach eventflow at {server}: {error}; is `eventflow serve` running?"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise fail(f"{response.status_code}: {message}")
+    return response
+
+
+@app.command()
+def send(
+    type: Annotated[str | None, typer.Option("--type", help="CloudEvent type")] = None,
+    source: Annotated[str, typer.Option(help="CloudEvent source")] = "eventflow-cli",
+    subject: Annotated[str | None, typer.Option(help="CloudEvent subject")] = None,
+    data: Annotated[str | None, typer.Option(help="JSON data, or @FILE to read it")] = None,
+    event_id: Annotated[str | None, typer.Option("--id", help="event id (default: new)")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="a whole structured CloudEvent (JSON)")
+    ] = None,
+    sensor: Annotated[str, typer.Option(help="sensor name stamped on the event")] = "api",
+    server: Server = DEFAULT_SERVER,
+) -> None:
+    """Put a test event on the bus of a running server; prints its id."""
+    if file is not None:
+        event = read_event_file(file)
+    else:
+        if type is None:
+            raise fail("give --type (and --source, --data), or --file EVENT.json", 2)
+        payload: Any = None
+        if data is not None:
+            text = Path(data[1:]).read_text() if data.startswith("@") else data
+            try:
+                payload = json.loads(text)
+            except ValueError as error:
+                raise fail(f"--data is not valid JSON: {error}", 2) from None
+        try:
+            event = Event(
+                id=event_id or new_event_id(),
+                source=source,
+                type=type,
+                subject=subject,
+                time=datetime.now(UTC),
+                datacontenttype="application/json" if payload is not None else None,
+                data=payload,
+            )
+        except InvalidEventError as error:
+            raise fail(str(error), 2) from None
+    response = call(
+        server, "POST", "/api/v1/events", params={"sensor": sensor}, json=event.to_dict()
+    )
+    out(response.json()["id"])
+
+
+def _time(value: str | None) -> str:
+    return value.replace("T", " ")[:19] if value else "-"
+
+
+def _duration(run: dict[str, Any]) -> str:
+    start, end = run.get("started_at"), run.get("finished_at")
+    if not start or not end:
+        return "-"
+    seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    return f"{seconds:.2f}s"
+
+
+def table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@runs_app.command("list")
+def runs_list(
+    state: Annotated[str | None, typer.Option(help="only runs in this state")] = None,
+    trigger: Annotated[str | None, typer.Option(help="only runs of this trigger")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+    output: Output = "table",
+    server: Server = DEFAULT_SERVER,
+) -> None:
+    """List runs, newest first."""
+    params = {k: v for k, v in {"state": state, "trigger": trigger}.items() if v}
+    runs = call(server, "GET", "/api/v1/runs", params={**params, "limit": limit}).json()["runs"]
+    if output == "json":
+        out(json.dumps(runs, indent=2))
+        return
+    rows = [["RUN", "TRIGGER", "WORKFLOW", "STATE", "CREATED", "DURATION"]]
+    rows += [
+        [r["id"], r["trigger"], r["workflow"], r["state"], _time(r["created_at"]), _duration(r)]
+        for r in runs
+    ]
+    table(rows)
+
+
+@runs_app.command("get")
+def runs_get(run_id: str, output: Output = "table", server: Server = DEFAULT_SERVER) -> None:
+    """Show a run and each step's state, times, exit code and log tail."""
+    run = call(server, "GET", f"/api/v1/runs/{run_id}").json()
+    if output == "json":
+        out(json.dumps(run, indent=2))
+        return
+    out(f"Run:       {run['id']}")
+    out(f"Trigger:   {run['trigger']}  Workflow: {run['workflow']}  Event: {run['event_id']}")
+    out(f"State:     {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""))
+    out(
+        f"Created:   {_time(run['created_at'])}  Started: {_time(run['started_at'])}"
+        f"  Finished: {_time(run['finished_at'])}  Duration: {_duration(run)}"
+    )
+    if run["arguments"]:
+        out("Arguments: " + ", ".join(f"{k}={v}" for k, v in run["arguments"].items()))
+    out()
+    rows = [["STEP", "STATE", "ATTEMPT", "STARTED", "FINISHED", "EXIT", "REASON"]]
+    for step in run["steps"]:
+        exit_code = step["exit_code"]
+        rows.append(
+            [
+                step["name"],
+                step["state"],
+                str(step["attempt"]),
+                _time(step["started_at"]),
+                _time(step["finished_at"]),
+                "-" if exit_code is None else str(exit_code),
+                step["reason"] or "",
+            ]
+        )
+    table(rows)
+    for step in run["steps"]:
+        if step["log_tail"]:
+            out(f"\n--- {step['name']} (attempt {step['attempt']}), last lines:")
+            for line in step["log_tail"].splitlines():
+                out(f"  {line}")
+
+
+@runs_app.command("logs")
+def runs_logs(
+    run_id: str,
+    step: str,
+    attempt: Annotated[int | None, typer.Option(help="attempt number (default: latest)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream while it runs")] = False,
+    server: Server = DEFAULT_SERVER,
+) -> None:
+    """Print a step's output (stdout and stderr, interleaved)."""
+    params: dict[str, Any] = {"follow": follow}
+    if attempt is not None:
+        params["attempt"] = attempt
+    url = server.rstrip("/") + f"/api/v1/runs/{run_id}/steps/{step}/logs"
+    try:
+        # No read timeout: --follow waits as long as the step runs.
+        timeout = httpx.Timeout(10.0, read=None)
+        with httpx.stream("GET", url, params=params, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise fail(f"{response.status_code}: {response.json().get('error')}")
+            for chunk in response.iter_text():
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+    except httpx.HTTPError as error:
+        raise fail(f"cannot reach eventflow at {server}: {error}") from None
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, server: Server = DEFAULT_SERVER) -> None:
+    """Cancel a run: running steps are stopped, the others never start."""
+    run = call(server, "POST", f"/api/v1/runs/{run_id}/cancel").json()
+    out(f"{run['id']}: cancel requested (state {run['state']})")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,68 @@
+"""Settings: one pydantic-settings tree, read from the environment (EVENTFLOW_*, nested with
+`__`, e.g. EVENTFLOW_API__PORT=8080) and passed explicitly to the parts that need them.
+
+Every field has a default that gives the embedded mode: in-memory bus, SQLite under the
+data dir, steps as local processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseModel):
+    host: str = Field(default="127.0.0.1", description="address the HTTP listener binds")
+    port: int = Field(default=8080, ge=0, le=65535, description="port of webhooks and REST API")
+
+
+class BusSettings(BaseModel):
+    url: str = Field(default="memory://", description="memory:// (embedded)")
+    max_pending: int = Field(
+        default=100_000, ge=1, description="events the memory bus holds before refusing (503)"
+    )
+
+
+class StoreSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite file eventflow.db under the data dir",
+    )
+
+
+class ExecutorSettings(BaseModel):
+    kind: Literal["local"] = Field(default="local", description="where steps run")
+    kill_grace_seconds: float = Field(
+        default=5.0, ge=0, description="seconds between SIGTERM and SIGKILL of a step"
+    )
+    log_tail_lines: int = Field(default=20, ge=0, description="log lines kept with each step")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTFLOW_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(
+        default=Path(".eventflow"), description="directory of the SQLite store and step logs"
+    )
+    log_format: Literal["console", "json"] = Field(default="console", description="log style")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, seconds running steps get to finish before they are stopped",
+    )
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+
+    @property
+    def store_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'eventflow.db').resolve()}"
