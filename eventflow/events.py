@@ -75,7 +75,8 @@ class Event:
                 raise InvalidEventError(f"{name}: required, a non-empty string")
         if self.specversion != SPEC_VERSION:
             raise InvalidEventError(
-                f"specversion: {self.specversion!r} is not supported; eventflow speaks {SPEC_VERSION!r}"
+                f"specversion: {self.specversion!r} is not supported;"
+                f" eventflow speaks {SPEC_VERSION!r}"
             )
         for key in self.extensions:
             if key in CORE_ATTRIBUTES or key == "data" or not _EXTENSION_NAME.match(key):

@@ -116,9 +116,9 @@ class MemoryBus:
             entry = await state.queue.get()
             yield MemoryDelivery(entry, state)
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, grace_seconds: float) -> bool:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(grace_seconds):
                 for group in list(self._groups.values()):
                     await group.idle.wait()
         except TimeoutError:

@@ -39,6 +39,6 @@ class EventBus(Protocol):
 
     def subscribe(self, group: str) -> AsyncIterator[Delivery]: ...
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until every published event is acked; False if `timeout` passed first."""
+    async def drain(self, grace_seconds: float) -> bool:
+        """Wait until every published event is acked; False if `grace_seconds` passed first."""
         ...

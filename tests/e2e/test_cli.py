@@ -1,0 +1,242 @@
+"""The CLI as a user runs it: `eventflow serve` as a process, the other commands against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import EXAMPLES, free_port
+
+pytestmark = pytest.mark.e2e
+
+EVENTFLOW = str(Path(sys.executable).with_name("eventflow"))
+
+
+def cli(*args: str, server: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"EVENTFLOW_SERVER": server} if server else {})}
+    return subprocess.run(
+        [EVENTFLOW, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+class ServerProcess:
+    def __init__(self, resources: Path, data_dir: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = data_dir.parent / f"server-{port}.log"
+        self.log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [EVENTFLOW, "serve", str(resources), "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_file,
+            env={**os.environ, "EVENTFLOW_SHUTDOWN_GRACE_SECONDS": "1"},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(self.url + "/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server did not become ready:\n" + self.log.read_text())
+
+    def run(self, run_id: str, states: set[str], timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run: dict[str, Any] = httpx.get(f"{self.url}/api/v1/runs/{run_id}").json()
+            if run["state"] in states:
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} never reached {states}")
+
+    def first_run(self, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = httpx.get(f"{self.url}/api/v1/runs").json()["runs"]
+            if runs:
+                return runs[0]  # type: ignore[no-any-return]
+            time.sleep(0.05)
+        raise AssertionError("no run was created")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        self.log_file.close()
+        return code
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    started: list[ServerProcess] = []
+
+    def start(resources: Path = EXAMPLES, data_dir: Path | None = None) -> ServerProcess:
+        server = ServerProcess(resources, data_dir or tmp_path / "data", free_port())
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.stop(signal.SIGKILL)
+
+
+def test_validate_accepts_the_examples():
+    """`eventflow validate examples/` passes and counts what it read."""
+    result = cli("validate", str(EXAMPLES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "ok: 2 sensor(s), 2 trigger(s), 2 workflow template(s)\n"
+
+
+def test_validate_reports_every_problem_with_its_place(tmp_path):
+    """Typos, dangling names, a cycle and bad CEL are all reported in one run, file:line first."""
+    (tmp_path / "broken.yaml").write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: eventflow.io/v1alpha1
+            kind: Trigger
+            metadata: {name: t}
+            spec:
+              events:
+                e: {sensor: missing, filter: 'data.x >'}
+              workflow: nowhere
+            ---
+            apiVersion: eventflow.io/v1alpha1
+            kind: WorkflowTemplate
+            metadata: {name: w}
+            spec:
+              steps:
+                - name: a
+                  depends: [b]
+                  command: [echo]
+                - name: b
+                  depends: [a]
+                  command: [echo]
+                  retrys: 3
+            """
+        )
+    )
+    result = cli("validate", str(tmp_path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    path = str(tmp_path / "broken.yaml")
+    assert any(line.startswith(f"{path}:6: Trigger/t: spec.events.e.sensor:") for line in lines)
+    assert any(line.startswith(f"{path}:6: Trigger/t: spec.events.e.filter:") for line in lines)
+    assert any(line.startswith(f"{path}:7: Trigger/t: spec.workflow:") for line in lines)
+    assert any(
+        line.startswith(f"{path}:20: WorkflowTemplate/w: spec.steps[1].retrys:") for line in lines
+    )
+    assert result.stderr.startswith("error: ")
+
+
+def test_explain_says_which_trigger_matches_and_why_others_do_not():
+    """`eventflow explain` prints a verdict for every trigger and exits 0 on a match."""
+    result = cli(
+        "explain", str(EXAMPLES / "events" / "upload.json"), str(EXAMPLES), "--sensor", "uploads"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "NO MATCH  ci-on-push: sensor: 'uploads' is not 'github'",
+        "MATCH     etl-on-upload (event 'upload')",
+    ]
+
+
+def test_walkthrough_webhook_to_finished_run(start_server, tmp_path):
+    """The README walkthrough: POST a webhook, list and inspect the run, read a step's log."""
+    server = start_server()
+    response = httpx.post(
+        f"{server.url}/webhooks/uploads",
+        content=(EXAMPLES / "upload.json").read_bytes(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 202
+    run = server.run(server.first_run()["id"], {"Succeeded", "Failed"})
+    assert run["state"] == "Succeeded"
+
+    listed = cli("runs", "list", server=server.url)
+    assert listed.returncode == 0, listed.stderr
+    assert run["id"] in listed.stdout
+    assert "etl-on-upload" in listed.stdout
+
+    shown = cli("runs", "get", run["id"], server=server.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "State:     Succeeded" in shown.stdout
+    assert "transform  Succeeded  1" in shown.stdout
+
+    logs = cli("runs", "logs", run["id"], "extract", server=server.url)
+    assert (
+        logs.stdout == 'extracting incoming/orders.csv\n{"rows": 3, "key": "incoming/orders.csv"}\n'
+    )
+
+    sent = cli(
+        "send",
+        "--type",
+        "com.example.object.created",
+        "--source",
+        "/cli",
+        "--sensor",
+        "uploads",
+        "--data",
+        json.dumps({"key": "b.csv", "size": 1, "etag": "x"}),
+        server=server.url,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert server.stop() == 0
+
+
+def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path):
+    """After kill -9 during a step, the restarted server marks the attempt interrupted and retries."""
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    (resources / "flow.yaml").write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: eventflow.io/v1alpha1
+            kind: Sensor
+            metadata: {name: hook}
+            spec: {webhook: {path: hook}}
+            ---
+            apiVersion: eventflow.io/v1alpha1
+            kind: Trigger
+            metadata: {name: on-hook}
+            spec:
+              events: {hook: {sensor: hook}}
+              workflow: flow
+            ---
+            apiVersion: eventflow.io/v1alpha1
+            kind: WorkflowTemplate
+            metadata: {name: flow}
+            spec:
+              steps:
+                - name: work
+                  command: [python3, -c, "import os, time; time.sleep(60 if os.environ['EVENTFLOW_ATTEMPT'] == '1' else 0)"]
+                  retries: {limit: 1, backoff: 0s}
+            """
+        )
+    )
+    data = tmp_path / "data"
+    server = start_server(resources, data)
+    httpx.post(f"{server.url}/webhooks/hook", json={})
+    run_id = server.first_run()["id"]
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{server.url}/api/v1/runs/{run_id}").json()["steps"][0]["state"] != "Running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+
+    restarted = start_server(resources, data)
+    run = restarted.run(run_id, {"Succeeded", "Failed"})
+    assert run["state"] == "Succeeded"
+    assert run["steps"][0]["attempt"] == 2
+    assert restarted.stop() == 0
