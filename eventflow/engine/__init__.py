@@ -1,0 +1,1 @@
+"""The trigger engine: match events to triggers, correlate, apply policies, dispatch runs."""
