@@ -90,6 +90,7 @@ def serve(
         port=settings.api.port,
         log_config=None,
         access_log=False,
+        loop="asyncio",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler

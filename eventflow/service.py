@@ -61,6 +61,7 @@ class Service:
     accepting: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _sensor_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _http_sensors: dict[str, HttpSensor] = field(default_factory=dict)
 
     async def start(self) -> None:
         self.catalog = load_catalog(self.resource_paths, self.plugins)
@@ -102,6 +103,11 @@ class Service:
             self._sensor_tasks.append(
                 asyncio.create_task(sensor.run(self.emit_for(name)), name=f"sensor-{name}")
             )
+        self._http_sensors = {
+            sensor.path: sensor
+            for sensor in self.sensors.values()
+            if isinstance(sensor, HttpSensor)
+        }
         self.accepting = True
         self.ready = True
         log.info(
@@ -116,9 +122,9 @@ class Service:
     def emit_for(self, sensor: str) -> Emit:
         return make_emit(sensor, self.bus, utc_now)
 
-    def http_sensors(self) -> dict[str, HttpSensor]:
-        sensors = self.sensors.values()
-        return {sensor.path: sensor for sensor in sensors if isinstance(sensor, HttpSensor)}
+    def http_sensor(self, path: str) -> HttpSensor | None:
+        """The sensor that answers /webhooks/<path>, if any."""
+        return self._http_sensors.get(path)
 
     def admit(self, run: RunRecord) -> None:
         self.runs.admit(run)

@@ -15,11 +15,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventflow.api import intake, runs
 from eventflow.api.responses import as_json, error
+from eventflow.api.webhooks import ASGIApp, with_webhooks
 from eventflow.service import Service
 
 
-def create_app(service: Service, manage_service: bool = True) -> FastAPI:
-    """The ASGI app; with `manage_service`, its lifespan starts and stops the service."""
+def create_app(service: Service) -> ASGIApp:
+    """The ASGI app: webhooks served raw, the rest by FastAPI, whose lifespan starts and
+    stops the service."""
+    return with_webhooks(service, create_rest_app(service))
+
+
+def create_rest_app(service: Service, manage_service: bool = True) -> FastAPI:
+    """REST API and health; with `manage_service`, its lifespan starts and stops the service."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

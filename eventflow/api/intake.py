@@ -1,8 +1,6 @@
-"""Routes that put events on the bus: webhook sensors, and `POST /api/v1/events`.
+"""`POST /api/v1/events`: a structured CloudEvent onto the bus, as `eventflow send` does.
 
-Webhook requests are read raw (the bytes a signature covers), bounded by the sensor's body
-limit while they stream in, and handed to the sensor, which answers only after the bus took
-the event.
+Webhook sensors are served by `webhooks.py`, in front of the REST app.
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from eventflow.api.responses import (
     BodyTooLargeError,
@@ -23,37 +21,12 @@ from eventflow.api.responses import (
 )
 from eventflow.errors import BusUnavailableError, InvalidEventError
 from eventflow.events import Event
-from eventflow.sensing.protocol import HttpRequest
 from eventflow.service import API_SENSOR, Service
 
 MAX_API_EVENT_BYTES = 1_048_576
 
 router = APIRouter()
 ServiceDep = Annotated[Service, Depends(service_of)]
-
-
-@router.api_route("/webhooks/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def webhook(path: str, request: Request, service: ServiceDep) -> Response:
-    sensor = service.http_sensors().get(path.strip("/"))
-    if sensor is None:
-        return error(404, f"no webhook sensor at /webhooks/{path}")
-    if not service.accepting:
-        return stopping()
-    try:
-        body = await read_body(request, sensor.max_body_bytes)
-    except BodyTooLargeError as exc:
-        return error(413, str(exc))
-    reply = await sensor.handle(
-        HttpRequest(
-            method=request.method,
-            path=path,
-            headers={name.lower(): value for name, value in request.headers.items()},
-            query=dict(request.query_params),
-            body=body,
-        ),
-        service.emit_for(sensor.name),
-    )
-    return JSONResponse(dict(reply.body), status_code=reply.status, headers=dict(reply.headers))
 
 
 @router.post("/api/v1/events", status_code=202)

@@ -28,6 +28,12 @@ async def list_runs(
     return as_json({"runs": [asdict(run) for run in runs]})
 
 
+@router.get("/stats")
+async def stats(service: ServiceDep, trigger: str | None = None) -> Response:
+    """How many runs are in each state, and how many are active in this process."""
+    return as_json({"runs": await service.store.count_runs(trigger)})
+
+
 @router.get("/runs/{run_id}")
 async def get_run(run_id: str, service: ServiceDep) -> Response:
     run = await service.store.get_run(run_id)

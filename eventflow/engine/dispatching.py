@@ -8,7 +8,8 @@ runs it created.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -17,7 +18,14 @@ import structlog
 from eventflow.bus.protocol import Delivery, EventBus
 from eventflow.engine.catalog import Catalog, new_run_id
 from eventflow.errors import ExpressionError
-from eventflow.store.records import Decision, NewRun, RunRecord, Store
+from eventflow.store.records import (
+    Decision,
+    DispatchItem,
+    DispatchResult,
+    NewRun,
+    RunRecord,
+    Store,
+)
 
 log = structlog.get_logger()
 
@@ -48,7 +56,12 @@ def decide(catalog: Catalog, delivery: Delivery) -> tuple[list[Decision], list[N
 
 
 class Dispatcher:
-    """Consumes the bus as one member of the engine's consumer group."""
+    """Consumes the bus as one member of the engine's consumer group.
+
+    Deliveries that arrive together are stored together: one transaction (one commit) for
+    a burst of up to `max_batch` events, so intake is not bound by a commit per event. If a
+    batch fails, its events are retried one by one, so one bad event cannot hold back others.
+    """
 
     def __init__(
         self,
@@ -59,6 +72,7 @@ class Dispatcher:
         catalog: Callable[[], Catalog],
         clock: Callable[[], datetime],
         retry_delay: float = 1.0,
+        max_batch: int = 256,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -66,26 +80,67 @@ class Dispatcher:
         self._catalog = catalog
         self._clock = clock
         self._retry_delay = retry_delay
+        self._max_batch = max_batch
 
     async def run(self) -> None:
-        async for delivery in self._bus.subscribe(ENGINE_GROUP):
-            await self.dispatch(delivery)
+        ready: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=self._max_batch)
 
-    async def dispatch(self, delivery: Delivery) -> None:
-        received = delivery.event
-        with structlog.contextvars.bound_contextvars(event_id=received.id, sensor=received.sensor):
-            decisions, runs = decide(self._catalog(), delivery)
-            try:
-                result = await self._store.record_dispatch(received, decisions, runs, self._clock())
-            except Exception as error:
-                log.warning(
-                    "event not stored, will retry",
-                    error=str(error),
-                    attempt=delivery.attempt,
-                    retry_in=self._retry_delay,
-                )
-                await delivery.nak(self._retry_delay)
+        async def receive() -> None:
+            async for delivery in self._bus.subscribe(ENGINE_GROUP):
+                await ready.put(delivery)
+
+        receiver = asyncio.create_task(receive(), name="dispatcher-receive")
+        try:
+            while True:
+                batch = [await ready.get()]
+                while len(batch) < self._max_batch and not ready.empty():
+                    batch.append(ready.get_nowait())
+                await self.dispatch(batch)
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+    async def dispatch(self, batch: Sequence[Delivery]) -> None:
+        catalog = self._catalog()
+        items: list[DispatchItem] = []
+        for delivery in batch:
+            decisions, runs = decide(catalog, delivery)
+            items.append((delivery.event, decisions, runs))
+        try:
+            results = await self._store.record_dispatches(items, self._clock())
+        except Exception as error:
+            if len(batch) > 1:
+                for delivery, item in zip(batch, items, strict=True):
+                    await self._dispatch_one(delivery, item)
                 return
+            await self._retry_later(batch[0], error)
+            return
+        for delivery, item, result in zip(batch, items, results, strict=True):
+            await self._settle(delivery, item, result)
+
+    async def _dispatch_one(self, delivery: Delivery, item: DispatchItem) -> None:
+        try:
+            [result] = await self._store.record_dispatches([item], self._clock())
+        except Exception as error:
+            await self._retry_later(delivery, error)
+            return
+        await self._settle(delivery, item, result)
+
+    async def _retry_later(self, delivery: Delivery, error: Exception) -> None:
+        log.warning(
+            "event not stored, will retry",
+            event_id=delivery.event.id,
+            sensor=delivery.event.sensor,
+            error=str(error),
+            attempt=delivery.attempt,
+            retry_in=self._retry_delay,
+        )
+        await delivery.nak(self._retry_delay)
+
+    async def _settle(self, delivery: Delivery, item: DispatchItem, result: DispatchResult) -> None:
+        """The event and its runs are stored: start the runs, then ack."""
+        received, decisions, _ = item
+        with structlog.contextvars.bound_contextvars(event_id=received.id, sensor=received.sensor):
             for run in result.created:
                 log.info("run created", run_id=run.id, trigger=run.trigger)
                 self._runs.admit(run)
@@ -93,4 +148,4 @@ class Dispatcher:
                 log.info("duplicate event, run exists", trigger=trigger, run_id=run_id)
             if not decisions:
                 log.debug("no trigger matched")
-            await delivery.ack()
+        await delivery.ack()

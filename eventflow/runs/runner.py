@@ -26,7 +26,7 @@ from eventflow.executors.protocol import Executor, StepKey, StepPhase, StepSpec,
 from eventflow.resources.models import WorkflowSpec
 from eventflow.runs.planning import CompiledWorkflow, Plan, plan, render_step
 from eventflow.runs.states import RunState, StepState, StepStatus, render_failed_reason
-from eventflow.store.records import RunRecord, StepRecord, Store
+from eventflow.store.records import RunRecord, StepLog, StepRecord, Store
 
 log = structlog.get_logger()
 
@@ -78,6 +78,10 @@ class _ActiveRun:
             self.steps.setdefault(step.name, StepStatus())
         self.inbox: asyncio.Queue[StepUpdate | str] = asyncio.Queue()
         self.cancel_requested = record.cancel_requested
+        # What this turn learned and decided, stored in one transaction before acting on it.
+        self.unsaved_steps: dict[str, StepRecord] = {}
+        self.unsaved_logs: list[StepLog] = []
+        self.unsaved_state: tuple[RunState, str | None] | None = None
 
     @property
     def run_info(self) -> dict[str, str]:
@@ -184,9 +188,6 @@ class RunController:
             )
         return await self._store.get_run(run_id)
 
-    def active_runs(self) -> int:
-        return len(self._active)
-
     # --- internals ---------------------------------------------------------------------
 
     def _admit_waiting(self, trigger: str) -> None:
@@ -240,7 +241,7 @@ class RunController:
 
     async def _loop(self, active: _ActiveRun) -> None:
         if active.record.state == RunState.PENDING.value:
-            await self._set_run_state(active, RunState.RUNNING, None)
+            active.unsaved_state = (RunState.RUNNING, None)
             log.info("run started", trigger=active.record.trigger)
         while True:
             now = self._clock()
@@ -252,21 +253,49 @@ class RunController:
                 now,
                 cancel_requested=active.cancel_requested,
             )
-            submits = await self._apply(active, decided, now)
+            submits = self._apply(active, decided, now)
+            finished = decided.run_state.terminal and not self._running_steps(active)
+            if finished:
+                active.unsaved_state = (decided.run_state, decided.run_reason)
+            await self._save(active)
             for spec in submits:
                 await self._executor.submit(spec)
             for name in decided.cancel:
                 await self._executor.cancel(
                     StepKey(active.record.id, name, active.steps[name].attempt)
                 )
-            if decided.run_state.terminal and not self._running_steps(active):
-                await self._set_run_state(active, decided.run_state, decided.run_reason)
+            if finished:
                 log.info("run finished", state=decided.run_state.value, reason=decided.run_reason)
                 return
             if submits or decided.skip or decided.fail or decided.abandon:
                 continue
             if not await self._wait(active, decided.wake_at):
+                await self._save(active)
                 return
+
+    async def _save(self, active: _ActiveRun) -> None:
+        """Store what this turn learned and decided, in one transaction (state before acts)."""
+        if not (active.unsaved_steps or active.unsaved_logs or active.unsaved_state):
+            return
+        state = active.unsaved_state
+        await self._store.save_progress(
+            active.record.id,
+            steps=list(active.unsaved_steps.values()),
+            logs=active.unsaved_logs,
+            run_state=(state[0].value, state[1]) if state else None,
+            now=self._clock(),
+        )
+        if state is not None:
+            active.record = replace(active.record, state=state[0].value, reason=state[1])
+        active.unsaved_steps = {}
+        active.unsaved_logs = []
+        active.unsaved_state = None
+
+    def _change(
+        self, active: _ActiveRun, name: str, status: StepStatus, tail: str | None = None
+    ) -> None:
+        active.steps[name] = status
+        active.unsaved_steps[name] = record_of(name, status, tail)
 
     async def _wait(self, active: _ActiveRun, wake_at: datetime | None) -> bool:
         """Wait for the next fact and record it (and any queued behind it); False on stop."""
@@ -287,68 +316,68 @@ class RunController:
                 return False
         return True
 
-    async def _apply(self, active: _ActiveRun, decided: Plan, now: datetime) -> list[StepSpec]:
-        """Store the plan's transitions, then return the attempts to submit."""
-        changed: dict[str, StepStatus] = {}
+    def _apply(self, active: _ActiveRun, decided: Plan, now: datetime) -> list[StepSpec]:
+        """Take the plan's transitions into the run; return the attempts to submit."""
         for name, reason in decided.skip:
-            changed[name] = replace(
-                active.steps[name], state=StepState.SKIPPED, reason=reason, finished_at=now
+            self._change(
+                active,
+                name,
+                replace(
+                    active.steps[name], state=StepState.SKIPPED, reason=reason, finished_at=now
+                ),
             )
         for name, reason in decided.fail:
-            changed[name] = replace(
-                active.steps[name], state=StepState.FAILED, reason=reason, finished_at=now
+            self._change(
+                active,
+                name,
+                replace(active.steps[name], state=StepState.FAILED, reason=reason, finished_at=now),
             )
         for name, reason in decided.abandon:
-            changed[name] = replace(
-                active.steps[name], state=StepState.CANCELLED, reason=reason, finished_at=now
+            self._change(
+                active,
+                name,
+                replace(
+                    active.steps[name], state=StepState.CANCELLED, reason=reason, finished_at=now
+                ),
             )
         submits: list[StepSpec] = []
-        if not self._stopping:
-            context = None
-            for name, attempt in decided.start:
-                key = StepKey(active.record.id, name, attempt)
-                if context is None:
-                    context = active.workflow.context(
-                        active.record.arguments, active.run_info, active.steps
-                    )
-                try:
-                    rendered = render_step(active.workflow, name, context)
-                except ExpressionError as error:
-                    changed[name] = StepStatus(
+        if self._stopping or not decided.start:
+            return submits
+        context = active.workflow.context(active.record.arguments, active.run_info, active.steps)
+        for name, attempt in decided.start:
+            try:
+                rendered = render_step(active.workflow, name, context)
+            except ExpressionError as error:
+                self._change(
+                    active,
+                    name,
+                    StepStatus(
                         state=StepState.FAILED,
                         attempt=attempt,
                         started_at=now,
                         finished_at=now,
                         reason=render_failed_reason(str(error)),
-                    )
-                    continue
-                changed[name] = StepStatus(state=StepState.RUNNING, attempt=attempt, started_at=now)
-                labels = self._step_labels(active.record, name) if self._step_labels else {}
-                submits.append(
-                    StepSpec(
-                        key=key,
-                        command=rendered.command,
-                        args=rendered.args,
-                        env=rendered.env,
-                        image=rendered.image,
-                        working_dir=rendered.working_dir,
-                        timeout_seconds=rendered.timeout_seconds,
-                        labels=labels,
-                        annotations={"eventflow.io/event-id": active.record.event_id},
-                    )
+                    ),
                 )
-        if changed:
-            active.steps.update(changed)
-            await self._store.save_steps(
-                active.record.id, [record_of(name, status) for name, status in changed.items()]
+                continue
+            self._change(
+                active, name, StepStatus(state=StepState.RUNNING, attempt=attempt, started_at=now)
             )
-            for name, status in changed.items():
-                log.info(
-                    "step " + status.state.value.lower(),
-                    step=name,
-                    attempt=status.attempt,
-                    reason=status.reason,
+            log.info("step started", step=name, attempt=attempt)
+            labels = self._step_labels(active.record, name) if self._step_labels else {}
+            submits.append(
+                StepSpec(
+                    key=StepKey(active.record.id, name, attempt),
+                    command=rendered.command,
+                    args=rendered.args,
+                    env=rendered.env,
+                    image=rendered.image,
+                    working_dir=rendered.working_dir,
+                    timeout_seconds=rendered.timeout_seconds,
+                    labels=labels,
+                    annotations={"eventflow.io/event-id": active.record.event_id},
                 )
+            )
         return submits
 
     async def _record_update(self, active: _ActiveRun, update: StepUpdate) -> None:
@@ -371,10 +400,9 @@ class RunController:
             reason=update.reason,
             outputs=update.outputs,
         )
-        active.steps[name] = status
+        self._change(active, name, status, update.log_tail)
         text = "\n".join([line async for line in self._executor.logs(update.key)])
-        await self._store.save_step_log(active.record.id, name, update.key.attempt, text)
-        await self._store.save_steps(active.record.id, [record_of(name, status, update.log_tail)])
+        active.unsaved_logs.append(StepLog(name, update.key.attempt, text))
         log.info(
             "step " + status.state.value.lower(),
             step=name,
@@ -383,9 +411,3 @@ class RunController:
             reason=update.reason,
         )
         self._idle.set()
-
-    async def _set_run_state(self, active: _ActiveRun, state: RunState, reason: str | None) -> None:
-        await self._store.set_run_state(
-            active.record.id, state.value, reason=reason, now=self._clock()
-        )
-        active.record = replace(active.record, state=state.value, reason=reason)

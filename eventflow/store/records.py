@@ -123,6 +123,19 @@ class DispatchResult:
     existing: dict[str, str]  # dedupe hit: trigger -> id of the run that already had the key
 
 
+@dataclass(frozen=True, slots=True)
+class StepLog:
+    """The whole output of one attempt of one step."""
+
+    step: str
+    attempt: int
+    text: str
+
+
+DispatchItem = tuple[ReceivedEvent, Sequence[Decision], Sequence[NewRun]]
+"""One event with what the engine decided for it, as `record_dispatches` takes it."""
+
+
 class Store(Protocol):
     """Durable state of eventflow. Every timestamp in and out is timezone-aware UTC.
 
@@ -145,6 +158,12 @@ class Store(Protocol):
         """Store the event, its decisions and its runs in one transaction, idempotently."""
         ...
 
+    async def record_dispatches(
+        self, batch: Sequence[DispatchItem], now: datetime
+    ) -> list[DispatchResult]:
+        """`record_dispatch` for several events in one transaction, results in order."""
+        ...
+
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def list_runs(
@@ -157,8 +176,21 @@ class Store(Protocol):
         """Pending or Running runs, oldest first."""
         ...
 
-    async def count_active_runs(self, trigger: str) -> int:
-        """Running runs of one trigger."""
+    async def count_runs(self, trigger: str | None = None) -> dict[str, int]:
+        """How many runs are in each state (every state named, 0 included)."""
+        ...
+
+    async def save_progress(
+        self,
+        run_id: str,
+        *,
+        steps: Sequence[StepRecord] = (),
+        logs: Sequence[StepLog] = (),
+        run_state: tuple[str, str | None] | None = None,
+        now: datetime,
+    ) -> None:
+        """save_steps, save_step_log and set_run_state (state, reason) in ONE transaction:
+        what the run controller learned and decided in one turn, stored before it acts."""
         ...
 
     async def set_run_state(

@@ -8,6 +8,7 @@ does not decide what to run or when: it keeps what the engine and run controller
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -29,10 +30,12 @@ from eventflow.store.records import (
     TERMINAL_RUN_STATES,
     UNFINISHED_RUN_STATES,
     Decision,
+    DispatchItem,
     DispatchResult,
     EventRecord,
     NewRun,
     RunRecord,
+    StepLog,
     StepRecord,
     aware_utc,
 )
@@ -50,6 +53,10 @@ class SqlStore:
         # SQLite: writers take the lock at BEGIN, so two writers queue instead of failing.
         # PostgreSQL: a reader's statements share one snapshot (runs and their steps agree).
         self._writer = engine.execution_options(eventflow_write=True)
+        # SQLite has one writer at a time, and a writer that finds the file locked sleeps in
+        # SQLite's busy handler (1 ms, 2 ms, ... 100 ms). Queueing this process's writers here
+        # instead keeps a busy moment from turning into tens of milliseconds per write.
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._reader = (
             engine.execution_options(isolation_level="REPEATABLE READ")
             if engine.dialect.name == "postgresql"
@@ -80,7 +87,15 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        engine = self._writer if write else self._reader
+        if write and self._write_lock is not None:
+            async with self._write_lock, self._begin(self._writer) as connection:
+                yield connection
+        else:
+            async with self._begin(self._writer if write else self._reader) as connection:
+                yield connection
+
+    @contextlib.asynccontextmanager
+    async def _begin(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         try:
             async with engine.begin() as connection:
                 yield connection
@@ -105,56 +120,76 @@ class SqlStore:
         runs: Sequence[NewRun],
         now: datetime,
     ) -> DispatchResult:
+        [result] = await self.record_dispatches([(event, decisions, runs)], now)
+        return result
+
+    async def record_dispatches(
+        self, batch: Sequence[DispatchItem], now: datetime
+    ) -> list[DispatchResult]:
+        """record_dispatch for several events in ONE transaction: one commit for a burst."""
         now = aware_utc(now, "now")
+        async with self._transaction(write=True) as connection:
+            return [
+                await self._record_one(connection, event, decisions, runs, now)
+                for event, decisions, runs in batch
+            ]
+
+    async def _record_one(
+        self,
+        connection: AsyncConnection,
+        event: ReceivedEvent,
+        decisions: Sequence[Decision],
+        runs: Sequence[NewRun],
+        now: datetime,
+    ) -> DispatchResult:
         received_at = aware_utc(event.received_at, "event.received_at")
         created: list[RunRecord] = []
         existing: dict[str, str] = {}
         resolved: dict[str, str] = {}
-        async with self._transaction(write=True) as connection:
-            await connection.execute(
-                self._insert(tables.events)
-                .values(
-                    id=event.id,
-                    sensor=event.sensor,
-                    type=event.event.type,
-                    source=event.event.source,
-                    subject=event.event.subject,
-                    received_at=received_at,
-                    document=event.event.to_dict(),
-                )
-                .on_conflict_do_nothing(index_elements=["id", "sensor"])
+        await connection.execute(
+            self._insert(tables.events)
+            .values(
+                id=event.id,
+                sensor=event.sensor,
+                type=event.event.type,
+                source=event.event.source,
+                subject=event.event.subject,
+                received_at=received_at,
+                document=event.event.to_dict(),
             )
-            for run in runs:
-                record = await self._insert_run(connection, run, event.id, now)
-                if record is None:
-                    key = and_(
-                        tables.runs.c.trigger == run.trigger,
-                        tables.runs.c.dedupe_key == run.dedupe_key,
-                    )
-                    found = await connection.scalar(select(tables.runs.c.id).where(key))
-                    existing[run.trigger] = resolved[run.id] = str(found)
-                else:
-                    created.append(record)
-            if decisions:
-                await connection.execute(
-                    self._insert(tables.decisions).on_conflict_do_nothing(
-                        index_elements=["event_id", "sensor", "trigger"]
-                    ),
-                    [
-                        {
-                            "event_id": event.id,
-                            "sensor": event.sensor,
-                            "trigger": decision.trigger,
-                            "position": position,
-                            "matched": decision.matched,
-                            "reason": decision.reason,
-                            "run_id": resolved.get(decision.run_id, decision.run_id)
-                            if decision.run_id is not None
-                            else None,
-                        }
-                        for position, decision in enumerate(decisions)
-                    ],
+            .on_conflict_do_nothing(index_elements=["id", "sensor"])
+        )
+        for run in runs:
+            record = await self._insert_run(connection, run, event.id, now)
+            if record is None:
+                key = and_(
+                    tables.runs.c.trigger == run.trigger,
+                    tables.runs.c.dedupe_key == run.dedupe_key,
                 )
+                found = await connection.scalar(select(tables.runs.c.id).where(key))
+                existing[run.trigger] = resolved[run.id] = str(found)
+            else:
+                created.append(record)
+        if decisions:
+            await connection.execute(
+                self._insert(tables.decisions).on_conflict_do_nothing(
+                    index_elements=["event_id", "sensor", "trigger"]
+                ),
+                [
+                    {
+                        "event_id": event.id,
+                        "sensor": event.sensor,
+                        "trigger": decision.trigger,
+                        "position": position,
+                        "matched": decision.matched,
+                        "reason": decision.reason,
+                        "run_id": resolved.get(decision.run_id, decision.run_id)
+                        if decision.run_id is not None
+                        else None,
+                    }
+                    for position, decision in enumerate(decisions)
+                ],
+            )
         return DispatchResult(created=tuple(created), existing=existing)
 
     async def _insert_run(
@@ -250,15 +285,47 @@ class SqlStore:
         async with self._transaction() as connection:
             return await self._runs(connection, query)
 
-    async def count_active_runs(self, trigger: str) -> int:
-        query = select(func.count()).where(
-            tables.runs.c.trigger == trigger, tables.runs.c.state == "Running"
-        )
+    async def count_runs(self, trigger: str | None = None) -> dict[str, int]:
+        query = select(tables.runs.c.state, func.count()).group_by(tables.runs.c.state)
+        if trigger is not None:
+            query = query.where(tables.runs.c.trigger == trigger)
         async with self._transaction() as connection:
-            return int(await connection.scalar(query) or 0)
+            rows = (await connection.execute(query)).all()
+        counted = {str(state): int(count) for state, count in rows}
+        return {state: counted.get(state, 0) for state in RUN_STATES}
 
     async def set_run_state(
         self, run_id: str, state: str, *, reason: str | None, now: datetime
+    ) -> None:
+        async with self._transaction(write=True) as connection:
+            await self._set_run_state(connection, run_id, state, reason, now)
+
+    async def save_progress(
+        self,
+        run_id: str,
+        *,
+        steps: Sequence[StepRecord] = (),
+        logs: Sequence[StepLog] = (),
+        run_state: tuple[str, str | None] | None = None,
+        now: datetime,
+    ) -> None:
+        async with self._transaction(write=True) as connection:
+            if steps:
+                await self._save_steps(connection, run_id, steps)
+            for log in logs:
+                await self._save_step_log(connection, run_id, log.step, log.attempt, log.text)
+            if run_state is not None:
+                await self._set_run_state(connection, run_id, *run_state, now)
+            elif not steps and not logs:
+                await self._require_run(connection, run_id)
+
+    async def _set_run_state(
+        self,
+        connection: AsyncConnection,
+        run_id: str,
+        state: str,
+        reason: str | None,
+        now: datetime,
     ) -> None:
         if state not in RUN_STATES:
             raise ValueError(f"state: {state!r} is not a run state; use one of {RUN_STATES}")
@@ -269,12 +336,11 @@ class SqlStore:
             values["started_at"] = func.coalesce(tables.runs.c.started_at, stamp)
         if state in TERMINAL_RUN_STATES:
             values["finished_at"] = stamp
-        async with self._transaction(write=True) as connection:
-            result = await connection.execute(
-                update(tables.runs).where(tables.runs.c.id == run_id).values(values)
-            )
-            if result.rowcount == 0:
-                raise LookupError(f"run {run_id!r} does not exist")
+        result = await connection.execute(
+            update(tables.runs).where(tables.runs.c.id == run_id).values(values)
+        )
+        if result.rowcount == 0:
+            raise LookupError(f"run {run_id!r} does not exist")
 
     async def request_cancel(self, run_id: str) -> RunRecord | None:
         async with self._transaction(write=True) as connection:
@@ -292,48 +358,63 @@ class SqlStore:
             raise LookupError(f"run {run_id!r} does not exist")
 
     async def save_steps(self, run_id: str, steps: Sequence[StepRecord]) -> None:
+        if not steps:
+            self._check_names(run_id, steps)
+            return
+        async with self._transaction(write=True) as connection:
+            await self._save_steps(connection, run_id, steps)
+
+    @staticmethod
+    def _check_names(run_id: str, steps: Sequence[StepRecord]) -> None:
         names = [step.name for step in steps]
         if len(set(names)) != len(names):
             raise ValueError(f"steps of run {run_id!r}: names repeat in {names}; give each once")
-        if not steps:
-            return
-        async with self._transaction(write=True) as connection:
-            await self._require_run(connection, run_id)
-            known = await connection.execute(
-                select(tables.steps.c.name, tables.steps.c.position).where(
-                    tables.steps.c.run_id == run_id
-                )
+
+    async def _save_steps(
+        self, connection: AsyncConnection, run_id: str, steps: Sequence[StepRecord]
+    ) -> None:
+        self._check_names(run_id, steps)
+        await self._require_run(connection, run_id)
+        known = await connection.execute(
+            select(tables.steps.c.name, tables.steps.c.position).where(
+                tables.steps.c.run_id == run_id
             )
-            positions: dict[str, int] = dict(known.all())
-            after = max(positions.values(), default=-1) + 1
-            rows = []
-            for step in steps:
-                position = positions.get(step.name)
-                if position is None:
-                    position, after = after, after + 1
-                fields = {name: getattr(step, name) for name in _STEP_FIELDS + _STEP_DATA}
-                rows.append({"run_id": run_id, "name": step.name, "position": position} | fields)
-            statement = self._insert(tables.steps)
-            await connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["run_id", "name"],
-                    set_={name: statement.excluded[name] for name in _STEP_FIELDS + _STEP_DATA},
-                ),
-                rows,
-            )
+        )
+        positions: dict[str, int] = dict(known.all())
+        after = max(positions.values(), default=-1) + 1
+        rows = []
+        for step in steps:
+            position = positions.get(step.name)
+            if position is None:
+                position, after = after, after + 1
+            fields = {name: getattr(step, name) for name in _STEP_FIELDS + _STEP_DATA}
+            rows.append({"run_id": run_id, "name": step.name, "position": position} | fields)
+        statement = self._insert(tables.steps)
+        await connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["run_id", "name"],
+                set_={name: statement.excluded[name] for name in _STEP_FIELDS + _STEP_DATA},
+            ),
+            rows,
+        )
 
     async def save_step_log(self, run_id: str, step: str, attempt: int, text: str) -> None:
+        async with self._transaction(write=True) as connection:
+            await self._save_step_log(connection, run_id, step, attempt, text)
+
+    async def _save_step_log(
+        self, connection: AsyncConnection, run_id: str, step: str, attempt: int, text: str
+    ) -> None:
         statement = self._insert(tables.step_logs).values(
             run_id=run_id, step=step, attempt=attempt, text=text
         )
-        async with self._transaction(write=True) as connection:
-            await self._require_run(connection, run_id)
-            await connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["run_id", "step", "attempt"],
-                    set_={"text": statement.excluded.text},
-                )
+        await self._require_run(connection, run_id)
+        await connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["run_id", "step", "attempt"],
+                set_={"text": statement.excluded.text},
             )
+        )
 
     async def get_step_log(self, run_id: str, step: str, attempt: int | None = None) -> str | None:
         logs = tables.step_logs

@@ -425,15 +425,16 @@ async def test_unfinished_runs_are_pending_or_running_oldest_first(store: SqlSto
     assert [r.id for r in await store.unfinished_runs()] == ["r0", "r1", "r3"]
 
 
-async def test_count_active_runs_counts_running_runs_of_one_trigger(store: SqlStore) -> None:
-    """Only Running runs of the named trigger count."""
+async def test_count_runs_counts_each_state_of_all_or_one_trigger(store: SqlStore) -> None:
+    """Runs are counted per state, over all triggers or one; every state is named."""
     runs = [new_run(f"r{i}", trigger=t, dedupe_key=f"k{i}") for i, t in enumerate("aab")]
     await store.record_dispatch(received(), [], runs, T0)
     for run_id in ("r0", "r2"):
         await store.set_run_state(run_id, "Running", reason=None, now=T0)
-    assert await store.count_active_runs("a") == 1
-    assert await store.count_active_runs("b") == 1
-    assert await store.count_active_runs("c") == 0
+    none = dict.fromkeys(("Pending", "Running", "Succeeded", "Failed", "Cancelled"), 0)
+    assert await store.count_runs() == none | {"Pending": 1, "Running": 2}
+    assert await store.count_runs("a") == none | {"Pending": 1, "Running": 1}
+    assert await store.count_runs("c") == none
 
 
 async def test_times_round_trip_as_utc(store: SqlStore) -> None:
