@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import Select, Table, and_, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventflow.errors import TemporaryError
@@ -373,29 +373,35 @@ class SqlStore:
     async def _save_steps(
         self, connection: AsyncConnection, run_id: str, steps: Sequence[StepRecord]
     ) -> None:
+        """Update the steps in place (the common case: they were created with the run);
+        insert the ones the run does not have yet, after the others."""
         self._check_names(run_id, steps)
+        steps_table = tables.steps
+        missing: list[StepRecord] = []
+        for step in steps:
+            fields = {name: getattr(step, name) for name in _STEP_FIELDS + _STEP_DATA}
+            updated = await connection.execute(
+                update(steps_table)
+                .where(steps_table.c.run_id == run_id, steps_table.c.name == step.name)
+                .values(fields)
+            )
+            if updated.rowcount == 0:
+                missing.append(step)
+        if not missing:
+            return
         await self._require_run(connection, run_id)
-        known = await connection.execute(
-            select(tables.steps.c.name, tables.steps.c.position).where(
-                tables.steps.c.run_id == run_id
+        after = await connection.scalar(
+            select(func.coalesce(func.max(steps_table.c.position) + 1, 0)).where(
+                steps_table.c.run_id == run_id
             )
         )
-        positions: dict[str, int] = dict(known.all())
-        after = max(positions.values(), default=-1) + 1
-        rows = []
-        for step in steps:
-            position = positions.get(step.name)
-            if position is None:
-                position, after = after, after + 1
-            fields = {name: getattr(step, name) for name in _STEP_FIELDS + _STEP_DATA}
-            rows.append({"run_id": run_id, "name": step.name, "position": position} | fields)
-        statement = self._insert(tables.steps)
         await connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["run_id", "name"],
-                set_={name: statement.excluded[name] for name in _STEP_FIELDS + _STEP_DATA},
-            ),
-            rows,
+            self._insert(steps_table),
+            [
+                {"run_id": run_id, "name": step.name, "position": int(after or 0) + offset}
+                | {name: getattr(step, name) for name in _STEP_FIELDS + _STEP_DATA}
+                for offset, step in enumerate(missing)
+            ],
         )
 
     async def save_step_log(self, run_id: str, step: str, attempt: int, text: str) -> None:
@@ -408,13 +414,15 @@ class SqlStore:
         statement = self._insert(tables.step_logs).values(
             run_id=run_id, step=step, attempt=attempt, text=text
         )
-        await self._require_run(connection, run_id)
-        await connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["run_id", "step", "attempt"],
-                set_={"text": statement.excluded.text},
+        try:
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["run_id", "step", "attempt"],
+                    set_={"text": statement.excluded.text},
+                )
             )
-        )
+        except IntegrityError as error:  # the foreign key to runs: no such run
+            raise LookupError(f"run {run_id!r} does not exist") from error
 
     async def get_step_log(self, run_id: str, step: str, attempt: int | None = None) -> str | None:
         logs = tables.step_logs
