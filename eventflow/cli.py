@@ -20,7 +20,7 @@ import typer
 from eventflow.errors import ConfigError, InvalidEventError, ResourceError
 from eventflow.events import Event, ReceivedEvent, new_event_id
 from eventflow.logs import configure_logging
-from eventflow.resources.validation import load_resources
+from eventflow.resources.validation import ResourceSet, load_resources
 from eventflow.sensing.discovery import discover_plugins
 from eventflow.settings import Settings
 
@@ -102,15 +102,20 @@ def serve(
         raise fail(str(error)) from None
 
 
-@app.command()
-def validate(paths: Paths) -> None:
-    """Check resource files; print every problem as file:line: Kind/name: field: message."""
+def load_or_exit(paths: list[Path]) -> ResourceSet:
+    """The resources in `paths`, or every problem printed and exit 1."""
     try:
-        resources = load_resources(paths, discover_plugins())
+        return load_resources(paths, discover_plugins())
     except ResourceError as error:
         for problem in error.problems:
             out(str(problem))
         raise fail(f"{len(error.problems)} problem(s) found") from None
+
+
+@app.command()
+def validate(paths: Paths) -> None:
+    """Check resource files; print every problem as file:line: Kind/name: field: message."""
+    resources = load_or_exit(paths)
     out(
         f"ok: {len(resources.sensors)} sensor(s), {len(resources.triggers)} trigger(s),"
         f" {len(resources.workflows)} workflow template(s)"
@@ -141,12 +146,7 @@ def explain(
     from eventflow.engine.matching import TriggerIndex
 
     event = read_event_file(event_file)
-    try:
-        resources = load_resources(paths, discover_plugins())
-    except ResourceError as error:
-        for problem in error.problems:
-            out(str(problem))
-        raise fail(f"{len(error.problems)} problem(s) found") from None
+    resources = load_or_exit(paths)
     index = TriggerIndex.build(located.resource for located in resources.triggers.values())
     verdicts = index.explain(ReceivedEvent(event, sensor, datetime.now(UTC)))
     for verdict in verdicts:

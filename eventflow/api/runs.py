@@ -30,7 +30,7 @@ async def list_runs(
 
 @router.get("/stats")
 async def stats(service: ServiceDep, trigger: str | None = None) -> Response:
-    """How many runs are in each state, and how many are active in this process."""
+    """How many runs are in each state, over all triggers or one."""
     return as_json({"runs": await service.store.count_runs(trigger)})
 
 

@@ -318,28 +318,15 @@ class RunController:
 
     def _apply(self, active: _ActiveRun, decided: Plan, now: datetime) -> list[StepSpec]:
         """Take the plan's transitions into the run; return the attempts to submit."""
-        for name, reason in decided.skip:
-            self._change(
-                active,
-                name,
-                replace(
-                    active.steps[name], state=StepState.SKIPPED, reason=reason, finished_at=now
-                ),
-            )
-        for name, reason in decided.fail:
-            self._change(
-                active,
-                name,
-                replace(active.steps[name], state=StepState.FAILED, reason=reason, finished_at=now),
-            )
-        for name, reason in decided.abandon:
-            self._change(
-                active,
-                name,
-                replace(
-                    active.steps[name], state=StepState.CANCELLED, reason=reason, finished_at=now
-                ),
-            )
+        endings = (
+            (decided.skip, StepState.SKIPPED),
+            (decided.fail, StepState.FAILED),
+            (decided.abandon, StepState.CANCELLED),
+        )
+        for ended, state in endings:
+            for name, reason in ended:
+                ending = replace(active.steps[name], state=state, reason=reason, finished_at=now)
+                self._change(active, name, ending)
         submits: list[StepSpec] = []
         if self._stopping or not decided.start:
             return submits

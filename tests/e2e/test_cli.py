@@ -129,15 +129,17 @@ def test_validate_reports_every_problem_with_its_place(tmp_path):
     )
     result = cli("validate", str(tmp_path))
     assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    path = str(tmp_path / "broken.yaml")
-    assert any(line.startswith(f"{path}:6: Trigger/t: spec.events.e.sensor:") for line in lines)
-    assert any(line.startswith(f"{path}:6: Trigger/t: spec.events.e.filter:") for line in lines)
-    assert any(line.startswith(f"{path}:7: Trigger/t: spec.workflow:") for line in lines)
-    assert any(
-        line.startswith(f"{path}:20: WorkflowTemplate/w: spec.steps[1].retrys:") for line in lines
-    )
-    assert result.stderr.startswith("error: ")
+    path = tmp_path / "broken.yaml"
+    assert result.stdout.splitlines() == [
+        f"{path}:6: Trigger/t: spec.events.e.sensor: no Sensor named 'missing'; none is defined",
+        f"{path}:6: Trigger/t: spec.events.e.filter: 'data.x >' is not valid CEL: 1:9: Syntax"
+        " error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true',"
+        " 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}",
+        f"{path}:7: Trigger/t: spec.workflow: no WorkflowTemplate named 'nowhere'; none is defined",
+        f"{path}:20: WorkflowTemplate/w: spec.steps[1].retrys: unknown field 'retrys'; known"
+        " fields: name, image, command, args, env, workingDir, depends, when, retries, timeout",
+    ]
+    assert result.stderr == "error: 4 problem(s) found\n"
 
 
 def test_explain_says_which_trigger_matches_and_why_others_do_not():
@@ -161,6 +163,7 @@ def test_walkthrough_webhook_to_finished_run(start_server, tmp_path):
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 202
+    run_event_id = response.json()["id"]
     run = server.run(server.first_run()["id"], {"Succeeded", "Failed"})
     assert run["state"] == "Succeeded"
 
@@ -179,20 +182,41 @@ def test_walkthrough_webhook_to_finished_run(start_server, tmp_path):
         logs.stdout == 'extracting incoming/orders.csv\n{"rows": 3, "key": "incoming/orders.csv"}\n'
     )
 
+    data_file = tmp_path / "b.json"
+    data_file.write_text(json.dumps({"key": "b.csv", "size": 1, "etag": "x"}))
     sent = cli(
-        "send",
-        "--type",
-        "com.example.object.created",
-        "--source",
-        "/cli",
-        "--sensor",
-        "uploads",
-        "--data",
-        json.dumps({"key": "b.csv", "size": 1, "etag": "x"}),
+        *("send", "--type", "com.example.object.created", "--source", "/cli"),
+        *("--sensor", "uploads", "--id", "cli-1", "--data", f"@{data_file}"),
         server=server.url,
     )
-    assert sent.returncode == 0, sent.stderr
+    assert (sent.returncode, sent.stdout) == (0, "cli-1\n"), sent.stderr
+    upload = str(EXAMPLES / "events" / "upload.json")
+    from_file = cli("send", "--file", upload, "--sensor", "uploads", server=server.url)
+    assert (from_file.returncode, from_file.stdout) == (0, "upload-0001\n"), from_file.stderr
+    bad = cli("send", "--type", "t", "--data", "{oops", server=server.url)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: --data is not valid JSON: ")
+    deadline = time.monotonic() + 20
+    while len(runs := httpx.get(f"{server.url}/api/v1/runs").json()["runs"]) < 2:
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.05)
+    assert {run["event_id"] for run in runs} == {run_event_id, "cli-1"}
+    # upload.json is the same object (key and etag) as the first upload: no second run
+    while (event := httpx.get(f"{server.url}/api/v1/events/upload-0001")).status_code == 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [decision] = event.json()["decisions"]
+    assert (decision["matched"], decision["run_id"]) == (True, run["id"])
     assert server.stop() == 0
+
+
+def test_cli_against_no_server_says_what_to_do():
+    """`runs list` with nothing listening names the URL and suggests starting the server."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = cli("runs", "list", server=url)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot reach eventflow at {url}: ")
+    assert result.stderr.endswith("is `eventflow serve` running?\n")
 
 
 def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventflow.errors import ConfigError, TemporaryError
 from eventflow.events import Event, ReceivedEvent
-from eventflow.store.records import Decision, NewRun, StepRecord
+from eventflow.store.records import Decision, NewRun, StepLog, StepRecord
 from eventflow.store.sql import SqlStore
 from eventflow.store.tables import metadata
 
@@ -452,3 +454,117 @@ async def test_times_round_trip_as_utc(store: SqlStore) -> None:
         assert value == expected
         assert value is not None
         assert value.tzinfo is UTC
+
+
+async def test_concurrent_writes_of_one_store_all_land(store: SqlStore) -> None:
+    """Many writes started at once on one store each commit, none lost or failed."""
+    runs = [new_run(f"r{i}", dedupe_key=f"k{i}") for i in range(10)]
+    await store.record_dispatch(received(), [], runs, T0)
+    await asyncio.gather(
+        *(
+            store.save_progress(
+                f"r{i}",
+                steps=[StepRecord("extract", "Succeeded", 1, T0, T0, 0)],
+                logs=[StepLog("extract", 1, f"log {i}")],
+                run_state=("Running", None),
+                now=T0,
+            )
+            for i in range(10)
+        )
+    )
+    for index in range(10):
+        run = await store.get_run(f"r{index}")
+        assert run is not None
+        assert (run.state, run.started_at) == ("Running", T0)
+        assert run.steps[0] == StepRecord("extract", "Succeeded", 1, T0, T0, 0)
+        assert await store.get_step_log(f"r{index}", "extract") == f"log {index}"
+
+
+async def test_save_progress_stores_steps_logs_and_state_together(store: SqlStore) -> None:
+    """One save_progress call leaves the steps, the log and the run state all stored."""
+    await dispatch(store, "r1", "e1", "k1", T0)
+    done = T0 + timedelta(seconds=4)
+    await store.save_progress(
+        "r1",
+        steps=[StepRecord("extract", "Failed", 1, T0, done, 3, "exit 3")],
+        logs=[StepLog("extract", 1, "boom"), StepLog("extract", 2, "again")],
+        run_state=("Failed", "extract failed"),
+        now=done,
+    )
+    run = await store.get_run("r1")
+    assert run is not None
+    assert (run.state, run.reason, run.finished_at) == ("Failed", "extract failed", done)
+    assert run.steps[0] == StepRecord("extract", "Failed", 1, T0, done, 3, "exit 3")
+    assert await store.get_step_log("r1", "extract", 1) == "boom"
+    assert await store.get_step_log("r1", "extract") == "again"
+
+
+async def test_save_progress_of_an_unknown_run_raises_lookup_error(store: SqlStore) -> None:
+    """Whatever save_progress carries, a run that does not exist is refused by name."""
+    calls: list[dict[str, Any]] = [
+        {},
+        {"steps": [StepRecord("a", "Running", 1, T0)]},
+        {"logs": [StepLog("a", 1, "x")]},
+        {"run_state": ("Running", None)},
+    ]
+    for fields in calls:
+        with pytest.raises(LookupError) as caught:
+            await store.save_progress("nope", now=T0, **fields)
+        assert str(caught.value) == "run 'nope' does not exist"
+
+
+async def test_a_failing_item_rolls_back_the_whole_batch(store: SqlStore) -> None:
+    """record_dispatches is one transaction: a bad second event leaves nothing of the first,
+    and the store keeps working after the failure."""
+    good = (received("e1"), [started("r1")], [new_run("r1")])
+    naive = received("e2", at=T0.replace(tzinfo=None))
+    bad = (naive, [started("r2")], [new_run("r2", dedupe_key="k2")])
+    with pytest.raises(ValueError, match=r".*") as caught:
+        await store.record_dispatches([good, bad], T0)
+    assert str(caught.value) == (
+        "event.received_at: 2024-06-01T12:00:00 has no timezone; pass an aware UTC datetime"
+    )
+    assert await store.list_events() == []
+    assert await store.get_run("r1") is None
+    [result] = await store.record_dispatches([good], T0)
+    assert [run.id for run in result.created] == ["r1"]
+
+
+async def test_sqlite_reads_answer_while_a_write_waits_for_the_lock(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock makes a write wait (not fail) while reads
+    still answer; the write lands once the lock is released."""
+    path = tmp_path / "eventflow.db"
+    store = await SqlStore.open(f"sqlite+aiosqlite:///{path}")
+    await dispatch(store, "r1", "e1", "k1", T0)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.create_task(store.set_run_state("r1", "Running", reason=None, now=T0))
+        run = await asyncio.wait_for(store.get_run("r1"), timeout=5)
+        assert run is not None
+        assert run.state == "Pending"
+        assert not write.done()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await asyncio.wait_for(write, timeout=5)
+    run = await store.get_run("r1")
+    await store.close()
+    assert run is not None
+    assert run.state == "Running"
+
+
+async def test_close_stops_the_sqlite_store_threads(tmp_path: Path) -> None:
+    """After close, none of the store's writer or reader threads is left running."""
+    before = set(threading.enumerate())
+    store = await SqlStore.open(f"sqlite+aiosqlite:///{tmp_path / 'eventflow.db'}")
+    await dispatch(store, "r1", "e1", "k1", T0)
+    await asyncio.gather(store.get_run("r1"), store.list_runs(), store.ping())
+    started_threads = {t.name for t in set(threading.enumerate()) - before}
+    await store.close()
+    left = {t.name for t in set(threading.enumerate()) - before}
+    assert {name.rsplit("_", 1)[0] for name in started_threads if "store" in name} == {
+        "eventflow-store-writer",
+        "eventflow-store-reader",
+    }
+    assert {name for name in left if "store" in name} == set()

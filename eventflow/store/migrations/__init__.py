@@ -1,8 +1,11 @@
 """Getting a database ready for the store: the engine for a store URL (SQLite pragmas and
 transaction modes) and the alembic upgrade to the newest revision, run from code.
 
-The script location is this package's own directory, so it works from an installed wheel with
-no alembic.ini. It runs no query of the store's: `sql.py` does.
+SQLite gets a synchronous pysqlite engine, because the store runs each SQLite transaction
+whole on a thread of its own; PostgreSQL gets an asyncpg engine. The user-facing URL stays
+`sqlite+aiosqlite:///...` either way. The script location is this package's own directory,
+so it works from an installed wheel with no alembic.ini. It runs no query of the store's:
+`operations.py` does.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, select
+from sqlalchemy import Connection, Engine, event, func, select
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eventflow.errors import ConfigError
 
@@ -48,7 +52,8 @@ def parse_url(url: str) -> URL:
 
 
 def _sqlite_connect(connection: Any, _record: Any) -> None:
-    # The driver's own implicit BEGIN is turned off so that _sqlite_begin decides the mode.
+    # The driver's own implicit BEGIN is turned off: the store's runner begins each
+    # transaction itself, DEFERRED to read and IMMEDIATE to write.
     connection.isolation_level = None
     cursor = connection.cursor()
     for pragma in _SQLITE_PRAGMAS:
@@ -56,32 +61,24 @@ def _sqlite_connect(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin(connection: Connection) -> None:
-    if connection.get_execution_options().get("eventflow_write"):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        connection.exec_driver_sql("BEGIN")
-
-
-def create_engine(url: URL) -> AsyncEngine:
-    """An engine for a URL from `parse_url`; creates the SQLite file's directory."""
-    if url.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+def sqlite_engine(url: URL) -> Engine:
+    """A synchronous engine on the file of a SQLite URL from `parse_url`; creates its
+    directory. Its connections may be used from any thread, one thread at a time."""
     Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url)
-    event.listen(engine.sync_engine, "connect", _sqlite_connect)
-    event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    engine = create_sync_engine(url.set(drivername="sqlite+pysqlite"))
+    event.listen(engine, "connect", _sqlite_connect)
     return engine
 
 
-async def upgrade(connection: AsyncConnection) -> None:
+def postgres_engine(url: URL) -> AsyncEngine:
+    """An asyncpg engine for a PostgreSQL URL from `parse_url`."""
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def upgrade(connection: Connection) -> None:
     """Migrate the database to head inside the caller's (write) transaction."""
     if connection.dialect.name == "postgresql":
-        await connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
-    await connection.run_sync(_upgrade)
-
-
-def _upgrade(connection: Connection) -> None:
+        connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
     config = Config()
     # configparser treats % as interpolation, and an install path may hold one.
     config.set_main_option("script_location", str(HERE).replace("%", "%%"))

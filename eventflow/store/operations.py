@@ -1,0 +1,355 @@
+"""Every store operation as one synchronous function of a SQLAlchemy `Connection`.
+
+`SqlStore` runs each of them whole, as one transaction, through a `runner`: on a SQLite
+thread or inside asyncpg's `run_sync`, so both backends share one implementation. The hot
+statements are built once, with bind parameters, so that SQLAlchemy finds them compiled in
+its cache instead of building a cache key per call. This module opens no transaction and
+does not validate what callers can check without the database (`now`, limits, states).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, bindparam, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from eventflow.events import ReceivedEvent
+from eventflow.store import tables
+from eventflow.store.records import (
+    TERMINAL_RUN_STATES,
+    Decision,
+    DispatchItem,
+    DispatchResult,
+    EventRecord,
+    NewRun,
+    RunRecord,
+    StepLog,
+    StepRecord,
+    aware_utc,
+)
+
+_STEP_COLUMNS = (
+    "state",
+    "attempt",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "reason",
+    "outputs",
+    "log_tail",
+)
+_RUN_COLUMNS = tuple(column.name for column in tables.runs.columns)
+
+
+def check_step_names(run_id: str, steps: Sequence[StepRecord]) -> None:
+    """A ValueError when `steps` names one step twice."""
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"steps of run {run_id!r}: names repeat in {names}; give each once")
+
+
+def _step_values(step: StepRecord) -> dict[str, Any]:
+    return {name: getattr(step, name) for name in _STEP_COLUMNS}
+
+
+def _missing_run(run_id: str) -> LookupError:
+    return LookupError(f"run {run_id!r} does not exist")
+
+
+class Operations:
+    """The store's queries for one dialect ("sqlite" or "postgresql")."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        runs, steps, logs = tables.runs, tables.steps, tables.step_logs
+        self._insert_event = insert(tables.events).on_conflict_do_nothing(
+            index_elements=["id", "sensor"]
+        )
+        self._insert_run = (
+            insert(runs)
+            .on_conflict_do_nothing(index_elements=["trigger", "dedupe_key"])
+            .returning(runs.c.id)
+        )
+        self._run_with_key = select(runs.c.id).where(
+            runs.c.trigger == bindparam("p_trigger"), runs.c.dedupe_key == bindparam("p_key")
+        )
+        self._insert_steps = insert(steps)
+        self._insert_decisions = insert(tables.decisions).on_conflict_do_nothing(
+            index_elements=["event_id", "sensor", "trigger"]
+        )
+        self._update_step = (
+            update(steps)
+            .where(steps.c.run_id == bindparam("p_run_id"), steps.c.name == bindparam("p_name"))
+            .values({name: bindparam(f"p_{name}") for name in _STEP_COLUMNS})
+        )
+        self._next_position = select(func.coalesce(func.max(steps.c.position) + 1, 0)).where(
+            steps.c.run_id == bindparam("p_run_id")
+        )
+        self._run_id = select(runs.c.id).where(runs.c.id == bindparam("p_id"))
+        self._run = select(runs).where(runs.c.id == bindparam("p_id"))
+        log_insert = insert(logs)
+        self._upsert_log = log_insert.on_conflict_do_update(
+            index_elements=["run_id", "step", "attempt"], set_={"text": log_insert.excluded.text}
+        )
+        stamp = bindparam("p_now", type_=tables.UtcDateTime())
+        set_state = (
+            update(runs)
+            .where(runs.c.id == bindparam("p_id"))
+            .values(state=bindparam("p_state"), reason=bindparam("p_reason"))
+        )
+        self._set_state = set_state
+        self._set_running = set_state.values(started_at=func.coalesce(runs.c.started_at, stamp))
+        self._set_finished = set_state.values(finished_at=stamp)
+        self._flag_cancel = (
+            update(runs).where(runs.c.id == bindparam("p_id")).values(cancel_requested=True)
+        )
+
+    def record_dispatches(
+        self, connection: Connection, batch: Sequence[DispatchItem], now: datetime
+    ) -> list[DispatchResult]:
+        return [
+            self._record_one(connection, event, decisions, runs, now)
+            for event, decisions, runs in batch
+        ]
+
+    def _record_one(
+        self,
+        connection: Connection,
+        event: ReceivedEvent,
+        decisions: Sequence[Decision],
+        runs: Sequence[NewRun],
+        now: datetime,
+    ) -> DispatchResult:
+        connection.execute(
+            self._insert_event,
+            {
+                "id": event.id,
+                "sensor": event.sensor,
+                "type": event.event.type,
+                "source": event.event.source,
+                "subject": event.event.subject,
+                "received_at": aware_utc(event.received_at, "event.received_at"),
+                "document": event.event.to_dict(),
+            },
+        )
+        created: list[RunRecord] = []
+        existing: dict[str, str] = {}
+        resolved: dict[str, str] = {}
+        for run in runs:
+            record = self._insert_new_run(connection, run, event.id, now)
+            if record is None:
+                found = connection.scalar(
+                    self._run_with_key, {"p_trigger": run.trigger, "p_key": run.dedupe_key}
+                )
+                existing[run.trigger] = resolved[run.id] = str(found)
+            else:
+                created.append(record)
+        if decisions:
+            connection.execute(
+                self._insert_decisions,
+                [
+                    {
+                        "event_id": event.id,
+                        "sensor": event.sensor,
+                        "trigger": decision.trigger,
+                        "position": position,
+                        "matched": decision.matched,
+                        "reason": decision.reason,
+                        "run_id": resolved.get(decision.run_id, decision.run_id)
+                        if decision.run_id is not None
+                        else None,
+                    }
+                    for position, decision in enumerate(decisions)
+                ],
+            )
+        return DispatchResult(created=tuple(created), existing=existing)
+
+    def _insert_new_run(
+        self, connection: Connection, run: NewRun, event_id: str, now: datetime
+    ) -> RunRecord | None:
+        """Insert one run and its Pending steps; None when its dedupe key is taken."""
+        record = RunRecord(
+            id=run.id,
+            trigger=run.trigger,
+            workflow=run.workflow,
+            event_id=event_id,
+            dedupe_key=run.dedupe_key,
+            arguments=dict(run.arguments),
+            workflow_spec=dict(run.workflow_spec),
+            state="Pending",
+            reason=None,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            cancel_requested=False,
+            steps=tuple(StepRecord(name=name, state="Pending") for name in run.step_names),
+        )
+        columns = {name: getattr(record, name) for name in _RUN_COLUMNS}
+        if connection.execute(self._insert_run, columns).first() is None:
+            return None
+        if run.step_names:
+            connection.execute(
+                self._insert_steps,
+                [
+                    {
+                        "run_id": run.id,
+                        "name": name,
+                        "position": position,
+                        "state": "Pending",
+                        "attempt": 0,
+                    }
+                    for position, name in enumerate(run.step_names)
+                ],
+            )
+        return record
+
+    def save_progress(
+        self,
+        connection: Connection,
+        run_id: str,
+        *,
+        steps: Sequence[StepRecord],
+        logs: Sequence[StepLog],
+        run_state: tuple[str, str | None] | None,
+        now: datetime,
+    ) -> None:
+        if steps:
+            self.save_steps(connection, run_id, steps)
+        if logs:
+            self.save_step_logs(connection, run_id, logs)
+        if run_state is not None:
+            self.set_run_state(connection, run_id, *run_state, now)
+        elif not steps and not logs:
+            self._require_run(connection, run_id)
+
+    def set_run_state(
+        self, connection: Connection, run_id: str, state: str, reason: str | None, now: datetime
+    ) -> None:
+        """Set a state `now` checked by the caller; stamps started_at and finished_at."""
+        values: dict[str, Any] = {"p_id": run_id, "p_state": state, "p_reason": reason}
+        statement = self._set_state
+        if state == "Running":
+            statement = self._set_running
+            values["p_now"] = now
+        elif state in TERMINAL_RUN_STATES:
+            statement = self._set_finished
+            values["p_now"] = now
+        if connection.execute(statement, values).rowcount == 0:
+            raise _missing_run(run_id)
+
+    def request_cancel(self, connection: Connection, run_id: str) -> RunRecord | None:
+        connection.execute(self._flag_cancel, {"p_id": run_id})
+        return self.get_run(connection, run_id)
+
+    def _require_run(self, connection: Connection, run_id: str) -> None:
+        if connection.scalar(self._run_id, {"p_id": run_id}) is None:
+            raise _missing_run(run_id)
+
+    def save_steps(self, connection: Connection, run_id: str, steps: Sequence[StepRecord]) -> None:
+        """Update the steps in place (the common case: they were created with the run);
+        insert the ones the run does not have yet, after the others."""
+        check_step_names(run_id, steps)
+        missing = [
+            step
+            for step in steps
+            if connection.execute(
+                self._update_step,
+                {"p_run_id": run_id, "p_name": step.name}
+                | {f"p_{name}": value for name, value in _step_values(step).items()},
+            ).rowcount
+            == 0
+        ]
+        if not missing:
+            return
+        self._require_run(connection, run_id)
+        after = int(connection.scalar(self._next_position, {"p_run_id": run_id}) or 0)
+        connection.execute(
+            self._insert_steps,
+            [
+                {"run_id": run_id, "name": step.name, "position": after + offset}
+                | _step_values(step)
+                for offset, step in enumerate(missing)
+            ],
+        )
+
+    def save_step_logs(self, connection: Connection, run_id: str, logs: Sequence[StepLog]) -> None:
+        """Insert or replace the text of each (step, attempt)."""
+        try:
+            connection.execute(
+                self._upsert_log,
+                [
+                    {"run_id": run_id, "step": log.step, "attempt": log.attempt, "text": log.text}
+                    for log in logs
+                ],
+            )
+        except IntegrityError as error:  # the foreign key to runs: no such run
+            raise _missing_run(run_id) from error
+
+    def ping(self, connection: Connection) -> None:
+        connection.execute(select(literal(1)))
+
+    def get_run(self, connection: Connection, run_id: str) -> RunRecord | None:
+        found = self.runs(connection, self._run, {"p_id": run_id})
+        return found[0] if found else None
+
+    def runs(
+        self, connection: Connection, query: Select[Any], parameters: dict[str, Any] | None = None
+    ) -> list[RunRecord]:
+        """The runs `query` selects, with their steps: two statements however many runs."""
+        rows = connection.execute(query, parameters).all()
+        if not rows:
+            return []
+        chosen = query.with_only_columns(tables.runs.c.id).subquery()
+        steps = tables.steps
+        step_rows = connection.execute(
+            select(steps)
+            .join(chosen, steps.c.run_id == chosen.c.id)
+            .order_by(steps.c.run_id, steps.c.position),
+            parameters,
+        )
+        by_run: dict[str, list[StepRecord]] = defaultdict(list)
+        for row in step_rows:
+            by_run[row.run_id].append(tables.step_record(row))
+        return [tables.run_record(row, tuple(by_run[row.id])) for row in rows]
+
+    def count_runs(self, connection: Connection, trigger: str | None) -> dict[str, int]:
+        runs = tables.runs
+        query = select(runs.c.state, func.count()).group_by(runs.c.state)
+        if trigger is not None:
+            query = query.where(runs.c.trigger == trigger)
+        return {str(state): int(count) for state, count in connection.execute(query).all()}
+
+    def get_step_log(
+        self, connection: Connection, run_id: str, step: str, attempt: int | None
+    ) -> str | None:
+        logs = tables.step_logs
+        query = select(logs.c.text).where(logs.c.run_id == run_id, logs.c.step == step)
+        if attempt is not None:
+            query = query.where(logs.c.attempt == attempt)
+        found = connection.scalar(query.order_by(logs.c.attempt.desc()).limit(1))
+        return None if found is None else str(found)
+
+    def events(self, connection: Connection, query: Select[Any]) -> list[EventRecord]:
+        """The events `query` selects, with their decisions: two statements."""
+        rows = connection.execute(query).all()
+        if not rows:
+            return []
+        events, decisions = tables.events, tables.decisions
+        chosen = query.with_only_columns(events.c.id, events.c.sensor).subquery()
+        decision_rows = connection.execute(
+            select(decisions)
+            .join(
+                chosen,
+                and_(decisions.c.event_id == chosen.c.id, decisions.c.sensor == chosen.c.sensor),
+            )
+            .order_by(decisions.c.event_id, decisions.c.sensor, decisions.c.position)
+        )
+        by_event: dict[tuple[str, str], list[Decision]] = defaultdict(list)
+        for row in decision_rows:
+            by_event[row.event_id, row.sensor].append(tables.decision(row))
+        return [tables.event_record(row, tuple(by_event[row.id, row.sensor])) for row in rows]
