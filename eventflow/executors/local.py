@@ -42,6 +42,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _create_log(path: Path) -> BinaryIO:
+    """Open an attempt's log for writing; its run's directory is made on first use only
+    (file system calls on the event loop are what a step's start costs most)."""
+    try:
+        return path.open("wb", buffering=0)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("wb", buffering=0)
+
+
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of a live process (None if gone or a zombie): pid reuse guard."""
     try:
@@ -227,9 +237,7 @@ class LocalExecutor:
             return
         attempt = self._new_attempt(key)
         try:
-            attempt.log_path.parent.mkdir(parents=True, exist_ok=True)
-            sink = attempt.log_path.open("wb", buffering=0)
-            attempt.output_path.write_bytes(b"")
+            sink = _create_log(attempt.log_path)
         except OSError as error:
             raise PermanentError(
                 f"step {key}: cannot write its files under {attempt.log_path.parent}: {error}; "
