@@ -1,7 +1,7 @@
 """The local executor: each step attempt runs as a subprocess on this machine.
 
 It serves the single-process mode, where no cluster is configured. Commands start through
-`create_subprocess_exec`, never a shell, so arguments reach the process verbatim
+`processes.spawn`, never a shell, so arguments reach the process verbatim
 (promise 5). Each attempt runs in its own session, so a timeout, a cancel or a stop kills
 its whole process group, grandchildren included. Output (stdout and stderr interleaved)
 goes to `work_dir/<run_id>/<step>.<attempt>.log`, capped; a `.pid` file beside it lets
@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from eventflow.errors import PermanentError
+from eventflow.executors.processes import Child, spawn
 from eventflow.executors.protocol import OUTPUT_FILE_ENV, StepKey, StepPhase, StepSpec, StepUpdate
 
 log = structlog.get_logger()
@@ -350,15 +351,8 @@ class LocalExecutor:
         }
         read_fd, write_fd = os.pipe()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *step.command,
-                *step.args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=env,
-                cwd=step.working_dir,
-                start_new_session=True,
+            process = spawn(
+                [*step.command, *step.args], env=env, cwd=step.working_dir, output_fd=write_fd
             )
         except OSError as error:
             os.close(read_fd)
@@ -396,7 +390,7 @@ class LocalExecutor:
         return StepUpdate(key, phase, _now(), code, reason, outputs, pipe.tail())
 
     async def _wait(
-        self, attempt: _Attempt, process: asyncio.subprocess.Process, seconds: float | None
+        self, attempt: _Attempt, process: Child, seconds: float | None
     ) -> tuple[StepPhase, str] | None:
         """Wait for the exit, a stop request or the timeout; say why the attempt must stop."""
         exited = self._spawn(process.wait(), f"local step {attempt.key} exit")
