@@ -1,15 +1,18 @@
 """The `spec.webhook` block of a Sensor document: where the webhook is served, which methods it
-takes, how large a body may be, and how a plain JSON request becomes a CloudEvent.
+takes, how large a body may be, how a delivery proves who sent it, and how a plain JSON request
+becomes a CloudEvent.
 
-The event templates are compiled here, at load time, so a typo in one is a `file:line` problem
-rather than a 400 on the first request. This module only validates the configuration; turning
-a request into events is `normalizing.py`'s job.
+The event templates are compiled and the signature scheme is built here, at load time, so a typo
+in either is a `file:line` problem rather than a 400 on the first request. Secrets are named
+here (an environment variable or a file), never given inline. This module only validates the
+configuration: reading secrets is `secrets.py`'s job, checking a delivery `auth.py`'s, turning
+a request into events `normalizing.py`'s.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
@@ -17,11 +20,13 @@ from pydantic import (
     PlainValidator,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from eventflow.errors import ExpressionError
 from eventflow.expressions import Template, compile_template
 from eventflow.resources.models import Strict
+from sensors.webhook.auth import Algorithm, Encoding, HmacScheme
 
 # What `event.*` templates may refer to, per request:
 #   headers: map of lower-cased header names to values; query: map of query parameters;
@@ -32,6 +37,19 @@ DEFAULT_TYPE = "eventflow.webhook"
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 Method = Literal["POST", "PUT", "PATCH"]
 _PATH_CHARACTERS = re.compile(r"^[A-Za-z0-9._~/-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Preset = Literal["github", "gitlab", "bitbucket", "stripe", "slack"]
+_TIMED_PRESETS = ("stripe", "slack")
+_KINDS = ("preset", "hmac", "bearer", "basic")
+# Headers that carry a credential or a value derived from one: they never reach an event.
+_PRESET_HEADERS: dict[str, tuple[str, ...]] = {
+    # GitHub also sends the legacy SHA-1 signature of the same secret.
+    "github": ("x-hub-signature-256", "x-hub-signature"),
+    "gitlab": ("x-gitlab-token",),
+    "bitbucket": ("x-hub-signature",),
+    "stripe": ("stripe-signature",),
+    "slack": ("x-slack-signature",),
+}
 
 
 def _compile(value: Any) -> Template:
@@ -76,6 +94,170 @@ class EventTemplates(Strict):
     )
 
 
+class SecretSource(Strict):
+    """Where one secret is read at run time: an environment variable or a file, exactly one."""
+
+    env: str | None = Field(default=None, description="the environment variable holding it")
+    file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the file holding it, e.g. a Kubernetes Secret mount; a trailing newline"
+        " is dropped",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, value: Any) -> Any:
+        # The value itself is never echoed: the message may end up in CI logs.
+        if isinstance(value, str | bytes | int | float) or (
+            isinstance(value, dict) and "value" in value
+        ):
+            raise ValueError(
+                "an inline secret is not accepted: YAML ends up in git; use {env: NAME} for an"
+                " environment variable or {file: /path} for a file such as a Secret mount"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not an environment variable name; use letters, digits and _,"
+                " not starting with a digit, e.g. GITHUB_WEBHOOK_SECRET"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.env is None) == (self.file is None):
+            raise ValueError(
+                "a secret is read from exactly one place; give env: NAME or file: /path"
+            )
+        return self
+
+    def describe(self) -> str:
+        """How logs name the secret: its variable or its file, never its value."""
+        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
+
+
+class HmacConfig(Strict):
+    """A generic HMAC signature: prefix + encoded HMAC(secret, signedPayload) in `header`."""
+
+    header: str = Field(description="the request header carrying the signature")
+    algorithm: Algorithm = Field(default="sha256", description="sha1, sha256 or sha512")
+    encoding: Encoding = Field(default="hex", description="hex or base64")
+    prefix: str = Field(default="", description="text before the digest, e.g. 'sha256='")
+    timestampHeader: str | None = Field(
+        default=None, description="the header carrying the signed Unix time (replay protection)"
+    )
+    toleranceSeconds: float | None = Field(
+        default=None, description="seconds a signed timestamp may differ from the server clock"
+    )
+    signedPayload: str = Field(
+        default="{body}", description="what is signed: {body} and {timestamp} placeholders"
+    )
+
+    @model_validator(mode="after")
+    def _buildable(self) -> Self:
+        self.to_scheme()  # HmacScheme checks itself, raising ValueError
+        return self
+
+    def to_scheme(self) -> HmacScheme:
+        # Built on use rather than stored, so a model_copy can never carry a stale scheme.
+        return HmacScheme(
+            header=self.header,
+            algorithm=self.algorithm,
+            encoding=self.encoding,
+            prefix=self.prefix,
+            timestamp_header=self.timestampHeader,
+            tolerance_seconds=self.toleranceSeconds,
+            signed_payload=self.signedPayload,
+        )
+
+
+class BearerConfig(Strict):
+    """`Authorization: Bearer <token>`, the token being one of `auth.secrets`."""
+
+
+class BasicUser(Strict):
+    username: str = Field(min_length=1)
+    password: SecretSource
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError(
+                f"username {value!r} contains ':'; Basic auth splits user:password at the first"
+                " colon, so a username cannot hold one"
+            )
+        return value
+
+
+class BasicConfig(Strict):
+    """`Authorization: Basic base64(user:password)` for one of `users`."""
+
+    users: list[BasicUser] = Field(min_length=1)
+
+
+class AuthConfig(Strict):
+    """`spec.webhook.auth`: exactly one way a delivery proves its sender; several secrets rotate."""
+
+    preset: Preset | None = Field(default=None, description="a provider's own signature scheme")
+    hmac: HmacConfig | None = None
+    bearer: BearerConfig | None = None
+    basic: BasicConfig | None = None
+    secrets: list[SecretSource] = Field(
+        default_factory=list,
+        description="the active secrets; any of them is accepted, so a secret rotates by"
+        " listing new and old together for a while",
+    )
+    toleranceSeconds: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a signed timestamp may be off, stripe and slack presets (default 300)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_bearer(cls, value: Any) -> Any:
+        # `bearer:` with nothing after it is YAML null, and means bearer with no options.
+        if isinstance(value, dict) and "bearer" in value and value["bearer"] is None:
+            return {**value, "bearer": {}}
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        given = [kind for kind in _KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(_KINDS)}; got {', '.join(given) or 'none'}"
+            )
+        what = f"preset {self.preset}" if self.preset is not None else given[0]
+        if self.basic is not None and self.secrets:
+            raise ValueError("basic takes its passwords from users[].password; remove secrets")
+        if self.basic is None and not self.secrets:
+            raise ValueError(
+                f"{what} needs at least one secret; add secrets: [{{env: NAME}}] or"
+                " [{file: /path}]"
+            )
+        if self.toleranceSeconds is not None and self.preset not in _TIMED_PRESETS:
+            raise ValueError(
+                f"toleranceSeconds applies only to the stripe and slack presets, not to {what};"
+                " for a generic scheme set hmac.toleranceSeconds"
+            )
+        return self
+
+    @property
+    def sources(self) -> list[SecretSource]:
+        """Every secret to read: basic users' passwords in user order, or `secrets`."""
+        if self.basic is not None:
+            return [user.password for user in self.basic.users]
+        return list(self.secrets)
+
+
 class WebhookConfig(Strict):
     """`spec.webhook`: one HTTP endpoint under /webhooks/."""
 
@@ -91,6 +273,9 @@ class WebhookConfig(Strict):
         description="bytes; a larger body is answered with 413 (default 1 MiB)",
     )
     event: EventTemplates = Field(default_factory=EventTemplates)
+    auth: AuthConfig | None = Field(
+        default=None, description="how deliveries are authenticated (default: not at all)"
+    )
 
     @field_validator("path")
     @classmethod
@@ -116,3 +301,13 @@ class WebhookConfig(Strict):
         if isinstance(value, list):
             return [item.upper() if isinstance(item, str) else item for item in value]
         return value
+
+    @property
+    def credential_headers(self) -> frozenset[str]:
+        """Lower-cased names of the headers that carry a credential; they never reach an event."""
+        names = {"authorization"}
+        if self.auth is not None and self.auth.preset is not None:
+            names.update(_PRESET_HEADERS[self.auth.preset])
+        if self.auth is not None and self.auth.hmac is not None:
+            names.add(self.auth.hmac.header.lower())
+        return frozenset(names)

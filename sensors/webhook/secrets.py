@@ -1,0 +1,103 @@
+"""Read the secrets a webhook checks deliveries against, from environment variables and files.
+
+A secret that cannot be read (variable unset, file missing, either empty) is a run-time
+condition, not a configuration error: a Kubernetes Secret may be mounted after the pod starts,
+or rotated while it runs. So reading never raises; it reports what is missing, and
+`SecretCache` reads again, at most every `REFRESH_SECONDS`, when its owner asks after a failed
+check. This module reads; it does not verify deliveries, log, or answer requests. Time is an
+argument, so the refresh rule is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sensors.webhook.config import SecretSource
+
+REFRESH_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRead:
+    """One reading of an endpoint's secrets: a value per source, None where it was missing."""
+
+    values: tuple[bytes | None, ...]
+    missing: tuple[str, ...]  # why each missing one is missing, naming its variable or file
+    at: datetime
+
+    @property
+    def available(self) -> list[bytes]:
+        """The values that were read, in source order."""
+        return [value for value in self.values if value is not None]
+
+
+def read_secret(source: SecretSource, environ: Mapping[str, str]) -> bytes | str:
+    """The secret's bytes, or a sentence saying why it cannot be read (never the value)."""
+    where = source.describe()
+    if source.env is not None:
+        text = environ.get(source.env)
+        if text is None:
+            return f"{where} is not set"
+        # surrogateescape gives back the bytes the environment held, whatever their encoding.
+        value = text.encode("utf-8", "surrogateescape")
+    else:
+        try:
+            value = Path(str(source.file)).read_bytes()
+        except OSError as error:
+            return f"{where} cannot be read: {error.strerror or error}"
+        # `echo secret > file` and `kubectl create secret --from-file` often add a newline.
+        value = value[:-2] if value.endswith(b"\r\n") else value.removesuffix(b"\n")
+    # An empty secret would let anyone sign; treat it as absent rather than as a key.
+    if not value:
+        return f"{where} is empty"
+    return value
+
+
+def read_secrets(
+    sources: Sequence[SecretSource], now: datetime, environ: Mapping[str, str] | None = None
+) -> SecretRead:
+    """Read every source now; `environ` defaults to the process environment."""
+    results = [
+        read_secret(source, os.environ if environ is None else environ) for source in sources
+    ]
+    return SecretRead(
+        values=tuple(result if isinstance(result, bytes) else None for result in results),
+        missing=tuple(result for result in results if isinstance(result, str)),
+        at=now,
+    )
+
+
+class SecretCache:
+    """An endpoint's secrets, read on creation and read again on request, at most so often."""
+
+    def __init__(
+        self,
+        sources: Sequence[SecretSource],
+        now: datetime,
+        *,
+        environ: Mapping[str, str] | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
+        self._sources = tuple(sources)
+        self._environ = environ
+        self._refresh_seconds = refresh_seconds
+        self._read = read_secrets(self._sources, now, environ)
+
+    @property
+    def current(self) -> SecretRead:
+        return self._read
+
+    def refresh(self, now: datetime) -> bool:
+        """Read again if the last reading is `refresh_seconds` old; return whether it did.
+
+        A clock that went backwards also reads again, so a reading is never stuck.
+        """
+        age = (now - self._read.at).total_seconds()
+        if 0 <= age < self._refresh_seconds:
+            return False
+        self._read = read_secrets(self._sources, now, self._environ)
+        return True
