@@ -22,6 +22,7 @@ from eventflow.engine.catalog import Catalog
 from eventflow.engine.dispatching import Dispatcher
 from eventflow.errors import ConfigError
 from eventflow.executors.local import LocalExecutor
+from eventflow.executors.protocol import Executor
 from eventflow.resources.validation import load_resources
 from eventflow.runs.runner import RunController
 from eventflow.sensing.discovery import discover_plugins
@@ -48,6 +49,34 @@ def open_bus(settings: Settings) -> EventBus:
     raise ConfigError(f"bus.url: {settings.bus.url!r} is not supported; use memory://")
 
 
+def open_executor(settings: Settings) -> Executor:
+    """The executor the settings choose: local processes, or Kubernetes Jobs."""
+    executor = settings.executor
+    if executor.kind == "kubernetes":
+        from eventflow.executors.kubernetes import KubernetesExecutor
+        from eventflow.executors.manifests import JobOptions
+
+        k8s = executor.kubernetes
+        return KubernetesExecutor(
+            JobOptions(
+                namespace=k8s.namespace,
+                service_account=k8s.service_account,
+                ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
+                default_image=k8s.default_image,
+            ),
+            kubeconfig=k8s.kubeconfig,
+            context=k8s.context,
+            qps=k8s.qps,
+            burst=k8s.burst,
+            log_tail_lines=executor.log_tail_lines,
+        )
+    return LocalExecutor(
+        settings.data_dir / "steps",
+        log_tail_lines=executor.log_tail_lines,
+        kill_grace_seconds=executor.kill_grace_seconds,
+    )
+
+
 def load_catalog(paths: Sequence[Path], plugins: Mapping[str, SensorPlugin]) -> Catalog:
     return Catalog.build(load_resources(paths, plugins))
 
@@ -69,11 +98,7 @@ class Service:
         self.store = await SqlStore.open(self.settings.store_url)
         self.bus = open_bus(self.settings)
         await self.bus.start()
-        self.executor = LocalExecutor(
-            self.settings.data_dir / "steps",
-            log_tail_lines=self.settings.executor.log_tail_lines,
-            kill_grace_seconds=self.settings.executor.kill_grace_seconds,
-        )
+        self.executor = open_executor(self.settings)
         await self.executor.start()
         self.runs = RunController(
             self.store,

@@ -33,8 +33,24 @@ class StoreSettings(BaseModel):
     )
 
 
+class KubernetesSettings(BaseModel):
+    namespace: str = Field(default="default", description="namespace of the steps' Jobs")
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig file; default: in-cluster, then ~/.kube/config"
+    )
+    context: str | None = Field(default=None, description="kubeconfig context")
+    qps: float = Field(default=50.0, gt=0, description="API requests per second, sustained")
+    burst: int = Field(default=100, ge=1, description="API requests allowed in a burst")
+    ttl_seconds_after_finished: int | None = Field(
+        default=3600, ge=0, description="seconds a finished Job is kept, after its result is stored"
+    )
+    service_account: str | None = Field(default=None, description="the Pods' service account")
+    default_image: str | None = Field(default=None, description="image of steps that name none")
+
+
 class ExecutorSettings(BaseModel):
-    kind: Literal["local"] = Field(default="local", description="where steps run")
+    kind: Literal["local", "kubernetes"] = Field(default="local", description="where steps run")
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     kill_grace_seconds: float = Field(
         default=5.0, ge=0, description="seconds between SIGTERM and SIGKILL of a step"
     )
