@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
+from eventflow.bus.offsets import PartitionLedger
 from eventflow.errors import BusUnavailableError, ConfigError, InvalidEventError
 from eventflow.events import ReceivedEvent
 
@@ -44,35 +45,6 @@ _DRAIN_POLL_SECONDS = 0.02
 _COMMIT_RETRY_SECONDS = 0.5
 
 
-class _Ledger:
-    """The offsets of one assigned partition yielded and not yet settled, and what to commit."""
-
-    __slots__ = ("committed", "highest", "tp", "unsettled")
-
-    def __init__(self, tp: Any) -> None:
-        self.tp = tp
-        self.unsettled: set[int] = set()
-        self.highest = -1
-        self.committed: int | None = None
-
-    def track(self, offset: int) -> None:
-        self.unsettled.add(offset)
-        self.highest = max(self.highest, offset)
-
-    def settle(self, offset: int) -> None:
-        self.unsettled.discard(offset)
-
-    def commit_point(self) -> int | None:
-        """The offset to commit: the oldest unsettled one, or past the newest if all are."""
-        if self.highest < 0:
-            return None
-        return min(self.unsettled) if self.unsettled else self.highest + 1
-
-    def dirty(self) -> bool:
-        point = self.commit_point()
-        return point is not None and point != self.committed
-
-
 class KafkaDelivery:
     """One record handed to one consumer; ack and nak are safe to repeat."""
 
@@ -83,7 +55,7 @@ class KafkaDelivery:
         event: ReceivedEvent,
         attempt: int,
         subscription: _Subscription,
-        ledger: _Ledger,
+        ledger: PartitionLedger,
         offset: int,
     ) -> None:
         self._event = event
@@ -135,7 +107,7 @@ class _Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, consumer: Any, group: str) -> None:
         self.consumer = consumer
         self.group = group
-        self.ledgers: dict[Any, _Ledger] = {}
+        self.ledgers: dict[Any, PartitionLedger] = {}
         self.due: deque[KafkaDelivery] = deque()
         self.closed = False
         self._dirty = asyncio.Event()
@@ -202,7 +174,7 @@ class _Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         for tp in assigned:
-            self.ledgers[tp] = _Ledger(tp)
+            self.ledgers[tp] = PartitionLedger(tp)
         log.info(
             "partitions assigned", group=self.group, partitions=sorted(str(tp) for tp in assigned)
         )
