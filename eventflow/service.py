@@ -43,10 +43,30 @@ def utc_now() -> datetime:
 
 
 def open_bus(settings: Settings) -> EventBus:
-    scheme = settings.bus.url.split("://", 1)[0]
+    """The bus the URL names: memory://, nats://HOST:PORT or kafka://HOST:PORT."""
+    bus = settings.bus
+    scheme = bus.url.split("://", 1)[0]
     if scheme == "memory":
-        return MemoryBus(max_pending=settings.bus.max_pending)
-    raise ConfigError(f"bus.url: {settings.bus.url!r} is not supported; use memory://")
+        return MemoryBus(max_pending=bus.max_pending)
+    if scheme in ("nats", "tls"):
+        from eventflow.bus.nats import NatsBus
+
+        return NatsBus(
+            bus.url,
+            stream=bus.stream,
+            subject_prefix=bus.subject_prefix,
+            max_age_seconds=bus.max_age_seconds,
+            ack_wait_seconds=bus.ack_wait_seconds,
+            max_deliver=bus.max_deliver,
+        )
+    if scheme == "kafka":
+        from eventflow.bus.kafka import KafkaBus
+
+        return KafkaBus(bus.url, topic=bus.topic, ack_wait_seconds=bus.ack_wait_seconds)
+    raise ConfigError(
+        f"bus.url: {bus.url!r} is not supported; use memory://, nats://HOST:PORT"
+        " or kafka://HOST:PORT"
+    )
 
 
 def open_executor(settings: Settings) -> Executor:

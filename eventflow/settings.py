@@ -20,9 +20,26 @@ class ApiSettings(BaseModel):
 
 
 class BusSettings(BaseModel):
-    url: str = Field(default="memory://", description="memory:// (embedded)")
+    url: str = Field(
+        default="memory://",
+        description="memory:// (embedded), nats://HOST:PORT (JetStream) or kafka://HOST:PORT",
+    )
     max_pending: int = Field(
         default=100_000, ge=1, description="events the memory bus holds before refusing (503)"
+    )
+    stream: str = Field(default="EVENTFLOW", description="NATS: the JetStream stream of events")
+    subject_prefix: str = Field(
+        default="eventflow.events", description="NATS: events go to <prefix>.<sensor>"
+    )
+    topic: str = Field(default="eventflow.events", description="Kafka: the topic of events")
+    max_age_seconds: float = Field(
+        default=604_800.0, gt=0, description="NATS: seconds an event is kept in the stream"
+    )
+    ack_wait_seconds: float = Field(
+        default=30.0, gt=0, description="seconds before an unacknowledged event is redelivered"
+    )
+    max_deliver: int = Field(
+        default=5, ge=1, description="NATS: deliveries before an event goes to dead letters"
     )
 
 

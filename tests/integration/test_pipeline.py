@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
+from nats.js.errors import NotFoundError
+
+from eventflow.settings import BusSettings
 from tests.conftest import EXAMPLES
+from tests.contract.conftest import NATS_URL, nats_connection
 
 UPLOAD = {"key": "incoming/orders.csv", "size": 2048, "etag": "abc"}
 
@@ -272,3 +278,23 @@ async def test_health_and_readiness(server_factory):
         assert (await server.client.get("/healthz")).json() == {"status": "ok"}
         ready = await server.client.get("/readyz")
         assert ready.json() == {"status": "ready", "sensors": ["github", "uploads"]}
+
+
+async def test_webhook_event_runs_over_the_nats_bus(server_factory):
+    """With bus.url nats://, a webhook event travels through JetStream and starts its run."""
+    tag = uuid.uuid4().hex[:12]
+    bus = BusSettings(url=NATS_URL, stream=f"TEST_{tag}", subject_prefix=f"test.{tag}.events")
+    try:
+        async with server_factory(EXAMPLES, bus=bus) as server:
+            response = await server.client.post("/webhooks/uploads", json=UPLOAD)
+            assert response.status_code == 202
+            [created] = await server.wait_runs(1)
+            run = await server.wait_run(created["id"])
+            assert run["state"] == "Succeeded"
+            assert run["event_id"] == response.json()["id"]
+    finally:
+        client = await nats_connection()
+        for name in (bus.stream, f"{bus.stream}_DLQ"):
+            with contextlib.suppress(NotFoundError):
+                await client.jetstream().delete_stream(name)
+        await client.close()
