@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Select, and_, bindparam, func, literal, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from eventflow.events import ReceivedEvent
 from eventflow.store import tables
 from eventflow.store.records import (
     TERMINAL_RUN_STATES,
@@ -112,62 +111,58 @@ class Operations:
     def record_dispatches(
         self, connection: Connection, batch: Sequence[DispatchItem], now: datetime
     ) -> list[DispatchResult]:
-        return [
-            self._record_one(connection, event, decisions, runs, now)
-            for event, decisions, runs in batch
-        ]
-
-    def _record_one(
-        self,
-        connection: Connection,
-        event: ReceivedEvent,
-        decisions: Sequence[Decision],
-        runs: Sequence[NewRun],
-        now: datetime,
-    ) -> DispatchResult:
+        """The events of a batch in one statement, their runs one by one (a dedupe hit must be
+        seen per run), and all their decisions in one statement."""
+        if not batch:
+            return []
         connection.execute(
             self._insert_event,
-            {
-                "id": event.id,
-                "sensor": event.sensor,
-                "type": event.event.type,
-                "source": event.event.source,
-                "subject": event.event.subject,
-                "received_at": aware_utc(event.received_at, "event.received_at"),
-                "document": event.event.to_dict(),
-            },
+            [
+                {
+                    "id": event.id,
+                    "sensor": event.sensor,
+                    "type": event.event.type,
+                    "source": event.event.source,
+                    "subject": event.event.subject,
+                    "received_at": aware_utc(event.received_at, "event.received_at"),
+                    "document": event.event.to_dict(),
+                }
+                for event, _, _ in batch
+            ],
         )
-        created: list[RunRecord] = []
-        existing: dict[str, str] = {}
-        resolved: dict[str, str] = {}
-        for run in runs:
-            record = self._insert_new_run(connection, run, event.id, now)
-            if record is None:
-                found = connection.scalar(
-                    self._run_with_key, {"p_trigger": run.trigger, "p_key": run.dedupe_key}
-                )
-                existing[run.trigger] = resolved[run.id] = str(found)
-            else:
-                created.append(record)
-        if decisions:
-            connection.execute(
-                self._insert_decisions,
-                [
-                    {
-                        "event_id": event.id,
-                        "sensor": event.sensor,
-                        "trigger": decision.trigger,
-                        "position": position,
-                        "matched": decision.matched,
-                        "reason": decision.reason,
-                        "run_id": resolved.get(decision.run_id, decision.run_id)
-                        if decision.run_id is not None
-                        else None,
-                    }
-                    for position, decision in enumerate(decisions)
-                ],
+        results: list[DispatchResult] = []
+        decision_rows: list[dict[str, Any]] = []
+        for event, decisions, runs in batch:
+            created: list[RunRecord] = []
+            existing: dict[str, str] = {}
+            resolved: dict[str, str] = {}
+            for run in runs:
+                record = self._insert_new_run(connection, run, event.id, now)
+                if record is None:
+                    found = connection.scalar(
+                        self._run_with_key, {"p_trigger": run.trigger, "p_key": run.dedupe_key}
+                    )
+                    existing[run.trigger] = resolved[run.id] = str(found)
+                else:
+                    created.append(record)
+            decision_rows.extend(
+                {
+                    "event_id": event.id,
+                    "sensor": event.sensor,
+                    "trigger": decision.trigger,
+                    "position": position,
+                    "matched": decision.matched,
+                    "reason": decision.reason,
+                    "run_id": resolved.get(decision.run_id, decision.run_id)
+                    if decision.run_id is not None
+                    else None,
+                }
+                for position, decision in enumerate(decisions)
             )
-        return DispatchResult(created=tuple(created), existing=existing)
+            results.append(DispatchResult(created=tuple(created), existing=existing))
+        if decision_rows:
+            connection.execute(self._insert_decisions, decision_rows)
+        return results
 
     def _insert_new_run(
         self, connection: Connection, run: NewRun, event_id: str, now: datetime
