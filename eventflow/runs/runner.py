@@ -36,6 +36,9 @@ _PHASE_STATES = {
     StepPhase.TIMED_OUT: StepState.TIMED_OUT,
     StepPhase.CANCELLED: StepState.CANCELLED,
 }
+_RETRY_FIRST_SECONDS = 0.5
+_RETRY_MAX_SECONDS = 30.0
+_STOP_SECONDS = 5.0
 # Messages a run task receives besides step updates.
 _WAKE = "wake"
 _STOP = "stop"
@@ -82,6 +85,7 @@ class _ActiveRun:
         self.unsaved_steps: dict[str, StepRecord] = {}
         self.unsaved_logs: list[StepLog] = []
         self.unsaved_state: tuple[RunState, str | None] | None = None
+        self.unsubmitted: list[StepSpec] = []  # stored as Running, not yet given to the executor
 
     @property
     def run_info(self) -> dict[str, str]:
@@ -159,6 +163,9 @@ class RunController:
         tasks = list(self._tasks.values())
         for active in self._active.values():
             active.inbox.put_nowait(_STOP)
+        _, stuck = await asyncio.wait(tasks, timeout=_STOP_SECONDS) if tasks else ((), ())
+        for task in stuck:  # waiting to retry a failed store: what it holds is redone later
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- requests ----------------------------------------------------------------------
@@ -229,10 +236,17 @@ class RunController:
         run_id = active.record.id
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             try:
-                await self._loop(active)
-            except Exception:
-                log.exception("run controller failed; the run resumes at the next start")
-                raise
+                delay = _RETRY_FIRST_SECONDS
+                while True:
+                    try:
+                        await self._loop(active)
+                        return
+                    except Exception:
+                        # The store is the truth and what was not saved is still pending in
+                        # `active`: after a pause, the next turn saves it and goes on.
+                        log.exception("run controller failed; trying again", retry_in=delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, _RETRY_MAX_SECONDS)
             finally:
                 self._active.pop(run_id, None)
                 self._tasks.pop(run_id, None)
@@ -240,7 +254,7 @@ class RunController:
                 self._admit_waiting(active.record.trigger)
 
     async def _loop(self, active: _ActiveRun) -> None:
-        if active.record.state == RunState.PENDING.value:
+        if active.record.state == RunState.PENDING.value and active.unsaved_state is None:
             active.unsaved_state = (RunState.RUNNING, None)
             log.info("run started", trigger=active.record.trigger)
         while True:
@@ -254,12 +268,13 @@ class RunController:
                 cancel_requested=active.cancel_requested,
             )
             submits = self._apply(active, decided, now)
+            active.unsubmitted.extend(submits)
             finished = decided.run_state.terminal and not self._running_steps(active)
             if finished:
                 active.unsaved_state = (decided.run_state, decided.run_reason)
             await self._save(active)
-            for spec in submits:
-                await self._executor.submit(spec)
+            while active.unsubmitted:  # stored as Running: now, and only now, hand them over
+                await self._submit(active, active.unsubmitted.pop(0))
             for name in decided.cancel:
                 await self._executor.cancel(
                     StepKey(active.record.id, name, active.steps[name].attempt)
@@ -272,6 +287,21 @@ class RunController:
             if not await self._wait(active, decided.wake_at):
                 await self._save(active)
                 return
+
+    async def _submit(self, active: _ActiveRun, spec: StepSpec) -> None:
+        """Hand an attempt to the executor; one it refuses ends Failed (retries apply)."""
+        try:
+            await self._executor.submit(spec)
+        except Exception as error:
+            log.warning("step not submitted", step=spec.key.step, error=str(error))
+            failed = replace(
+                active.steps[spec.key.step],
+                state=StepState.FAILED,
+                finished_at=self._clock(),
+                reason=f"the executor did not take the step: {error}",
+            )
+            self._change(active, spec.key.step, failed)
+            await self._save(active)
 
     async def _save(self, active: _ActiveRun) -> None:
         """Store what this turn learned and decided, in one transaction (state before acts)."""
