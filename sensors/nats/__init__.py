@@ -1,0 +1,34 @@
+"""The NATS sensor plugin: core NATS subjects and JetStream consumers become CloudEvents.
+
+Registered under the `eventflow.sensors` entry-point group as `nats = sensors.nats:plugin`.
+This module only ties the config model to the sensor class; see `normalizing.py` for how a
+message becomes an event and `sensor.py` for subscribing and acknowledging.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from sensors.nats.config import NatsConfig
+from sensors.nats.sensor import NatsSensor
+
+__all__ = ["NatsConfig", "NatsPlugin", "NatsSensor", "plugin"]
+
+
+class NatsPlugin:
+    """What eventflow finds under the entry point: the config model and a sensor factory."""
+
+    @property
+    def config_model(self) -> type[BaseModel]:
+        return NatsConfig
+
+    def create(self, name: str, config: BaseModel) -> NatsSensor:
+        if not isinstance(config, NatsConfig):
+            raise TypeError(
+                f"sensor {name}: the nats plugin takes a NatsConfig, got"
+                f" {type(config).__name__}; validate spec.nats with plugin.config_model"
+            )
+        return NatsSensor(name, config)
+
+
+plugin = NatsPlugin()
