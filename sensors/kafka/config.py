@@ -15,17 +15,14 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
-    PlainSerializer,
-    PlainValidator,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from eventflow.errors import ExpressionError
 from eventflow.expressions import Template, compile_template
 from eventflow.resources.models import Strict
-from sensors.webhook.config import SecretSource
+from eventflow.sensing.secrets import SecretSource
+from eventflow.sensing.templating import TemplateOver
 
 # What `event.*` templates may refer to: `record`, a map with topic, partition, offset, key
 # (text), headers (map of name to text), value (as valueFormat makes it) and timestamp.
@@ -43,26 +40,7 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SERVER = re.compile(r"^[^\s:/]+:\d{1,5}$")
 
 
-def _compile(value: Any) -> Template:
-    if isinstance(value, Template):
-        return value
-    if not isinstance(value, str):
-        # ValueError, not TypeError: pydantic reports only ValueError as a validation problem.
-        raise ValueError(
-            f'a template is a string like "com.example.{{{{ record.topic }}}}", got {value!r}'
-        )
-    try:
-        return compile_template(value, KAFKA_VARIABLES)
-    except ExpressionError as error:
-        raise ValueError(str(error)) from error
-
-
-KafkaTemplate = Annotated[
-    Template,
-    PlainValidator(_compile),
-    PlainSerializer(lambda template: template.source, return_type=str),
-    WithJsonSchema({"type": "string", "description": "text with {{ CEL }} parts"}),
-]
+KafkaTemplate = Annotated[Template, TemplateOver(KAFKA_VARIABLES, "com.example.{{ record.topic }}")]
 
 
 class EventTemplates(Strict):

@@ -24,18 +24,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from eventflow.errors import ExpressionError, InvalidEventError
-from eventflow.events import JSON_CONTENT_TYPE, Event, ExtensionValue, parse_time
-from eventflow.expressions import Template
+from eventflow.errors import InvalidEventError
+from eventflow.events import JSON_CONTENT_TYPE, Event
+from eventflow.sensing.binding import binary_event
+from eventflow.sensing.templating import Defaults, render_attributes
 from sensors.kafka.config import POISON_TYPE, KafkaConfig
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 BYTES_CONTENT_TYPE = "application/octet-stream"
-# ce_* headers that carry a core attribute; every other ce_* header is an extension.
-_HEADER_ATTRIBUTES = frozenset(
-    {"specversion", "id", "source", "type", "subject", "time", "dataschema"}
-)
 
 
 class PoisonRecord(Exception):
@@ -169,16 +166,11 @@ def _binary(
     content_type: str | None,
     config: KafkaConfig,
 ) -> Event:
-    attributes: dict[str, str] = {}
-    extensions: dict[str, ExtensionValue] = {}
-    for name in headers:
-        if not name.startswith("ce_"):
-            continue
-        attribute, value = name.removeprefix("ce_"), str(_header_text(headers, name))
-        if attribute in _HEADER_ATTRIBUTES:
-            attributes[attribute] = value
-        else:
-            extensions[attribute] = value
+    attributes = [
+        (name.removeprefix("ce_"), str(_header_text(headers, name)))
+        for name in headers
+        if name.startswith("ce_")
+    ]
     essence = _essence(content_type)
     data: Any
     if content_type is None:
@@ -191,19 +183,7 @@ def _binary(
         data = _text(record.value, "value")
     else:
         data = record.value
-    time = attributes.get("time")
-    return Event(
-        specversion=attributes["specversion"],
-        id=attributes.get("id", ""),
-        source=attributes.get("source", ""),
-        type=attributes.get("type", ""),
-        subject=attributes.get("subject"),
-        time=parse_time(time) if time is not None else None,
-        dataschema=attributes.get("dataschema"),
-        datacontenttype=content_type,
-        data=data,
-        extensions=extensions,
-    )
+    return binary_event(attributes, content_type=content_type, data=data)
 
 
 def template_context(record: KafkaRecord, value: Any) -> dict[str, Any]:
@@ -225,46 +205,23 @@ def template_context(record: KafkaRecord, value: Any) -> dict[str, Any]:
     }
 
 
-def _render(attribute: str, template: Template, context: Mapping[str, Any]) -> str:
-    try:
-        return template.render(context)
-    except ExpressionError as error:
-        raise PoisonRecord(
-            f"event.{attribute}: the template {template.source!r} failed on this record: {error}"
-        ) from error
-
-
-def _render_required(attribute: str, template: Template, context: Mapping[str, Any]) -> str:
-    text = _render(attribute, template, context)
-    if not text:
-        raise PoisonRecord(
-            f"event.{attribute}: the template {template.source!r} gave an empty string for this"
-            f" record; a CloudEvent needs a non-empty {attribute}"
-        )
-    return text
-
-
 def _plain(record: KafkaRecord, config: KafkaConfig) -> Event:
     data, content_type = _formatted(record, config)
-    context = template_context(record, data)
-    templates = config.event
+    defaults = Defaults(
+        source=f"kafka://{record.topic}", subject=_key_text(record.key), id=lambda: record.position
+    )
+    attributes = render_attributes(
+        config.event,
+        template_context(record, data),
+        defaults,
+        what="record",
+        failure=PoisonRecord,
+    )
     return Event(
-        type=_render_required("type", templates.type, context),
-        source=(
-            _render_required("source", templates.source, context)
-            if templates.source is not None
-            else f"kafka://{record.topic}"
-        ),
-        subject=(
-            _render("subject", templates.subject, context) or None
-            if templates.subject is not None
-            else _key_text(record.key)
-        ),
-        id=(
-            _render_required("id", templates.id, context)
-            if templates.id is not None
-            else record.position
-        ),
+        type=attributes.type,
+        source=attributes.source,
+        subject=attributes.subject,
+        id=attributes.id,
         time=record.timestamp,
         datacontenttype=content_type,
         data=data,

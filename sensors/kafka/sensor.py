@@ -31,9 +31,9 @@ from aiokafka.helpers import create_ssl_context
 
 from eventflow.errors import BusUnavailableError, TemporaryError
 from eventflow.sensing.protocol import Emit
+from eventflow.sensing.secrets import read_secret
 from sensors.kafka.config import KafkaConfig
 from sensors.kafka.normalizing import KafkaRecord, PoisonRecord, normalize, poison_event
-from sensors.webhook.secrets import read_secret
 
 log = structlog.get_logger()
 

@@ -11,21 +11,18 @@ secrets and connecting is `sensor.py`'s job, turning a message into an event
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     Field,
-    PlainSerializer,
-    PlainValidator,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from eventflow.errors import ExpressionError
 from eventflow.expressions import Template, compile_template
 from eventflow.resources.models import Strict
-from sensors.webhook.config import SecretSource
+from eventflow.sensing.secrets import SecretSource
+from eventflow.sensing.templating import TemplateOver
 
 # What `event.*` templates may refer to: `msg.subject` (the NATS subject), `msg.headers` (a map
 # of header names to values) and `msg.data` (the payload as `payloadFormat` reads it).
@@ -64,26 +61,7 @@ def check_subject(value: str, *, wildcards: bool) -> str:
     return value
 
 
-def _compile(value: Any) -> Template:
-    if isinstance(value, Template):
-        return value
-    if not isinstance(value, str):
-        # ValueError, not TypeError: pydantic reports only ValueError as a validation problem.
-        raise ValueError(
-            f'a template is a string like "com.example.{{{{ msg.subject }}}}", got {value!r}'
-        )
-    try:
-        return compile_template(value, NATS_VARIABLES)
-    except ExpressionError as error:
-        raise ValueError(str(error)) from error
-
-
-NatsTemplate = Annotated[
-    Template,
-    PlainValidator(_compile),
-    PlainSerializer(lambda template: template.source, return_type=str),
-    WithJsonSchema({"type": "string", "description": "text with {{ CEL }} parts over msg"}),
-]
+NatsTemplate = Annotated[Template, TemplateOver(NATS_VARIABLES, "com.example.{{ msg.subject }}")]
 
 
 class EventTemplates(Strict):

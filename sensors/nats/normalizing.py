@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from eventflow.errors import ExpressionError, InvalidEventError
-from eventflow.events import JSON_CONTENT_TYPE, Event, ExtensionValue, new_event_id, parse_time
-from eventflow.expressions import Template
+from eventflow.errors import InvalidEventError
+from eventflow.events import JSON_CONTENT_TYPE, Event, new_event_id
+from eventflow.sensing.binding import binary_event
+from eventflow.sensing.templating import Defaults, render_attributes
 from sensors.nats.config import NatsConfig
 
 POISON_TYPE = "eventflow.nats.poison"
@@ -36,10 +37,6 @@ _CONTENT_TYPES = {
     "text": "text/plain; charset=utf-8",
     "base64": "application/octet-stream",
 }
-# ce-* headers that carry a core attribute; every other ce-* header is an extension.
-_HEADER_ATTRIBUTES = frozenset(
-    {"specversion", "id", "source", "type", "subject", "time", "dataschema"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,29 +153,12 @@ def _parse_json(payload: bytes, what: str) -> Any:
 def _binary(
     headers: Mapping[str, str], payload: bytes, content_type: str | None, essence: str
 ) -> Event:
-    attributes: dict[str, str] = {}
-    extensions: dict[str, ExtensionValue] = {}
-    for name, value in headers.items():
-        if not name.startswith("ce-"):
-            continue
-        attribute = name.removeprefix("ce-")
-        if attribute in _HEADER_ATTRIBUTES:
-            attributes[attribute] = value
-        else:
-            extensions[attribute] = value
-    time = attributes.get("time")
-    return Event(
-        specversion=attributes["specversion"],
-        id=attributes.get("id", ""),
-        source=attributes.get("source", ""),
-        type=attributes.get("type", ""),
-        subject=attributes.get("subject"),
-        time=parse_time(time) if time is not None else None,
-        dataschema=attributes.get("dataschema"),
-        datacontenttype=content_type,
-        data=_binary_data(payload, essence),
-        extensions=extensions,
-    )
+    attributes = [
+        (name.removeprefix("ce-"), value)
+        for name, value in headers.items()
+        if name.startswith("ce-")
+    ]
+    return binary_event(attributes, content_type=content_type, data=_binary_data(payload, essence))
 
 
 def _binary_data(payload: bytes, essence: str) -> Any:
@@ -204,47 +184,24 @@ def _read_payload(payload: bytes, config: NatsConfig) -> tuple[Any, Any]:
     return payload, base64.b64encode(payload).decode("ascii")
 
 
-def _render(attribute: str, template: Template, context: Mapping[str, Any]) -> str:
-    try:
-        return template.render(context)
-    except ExpressionError as error:
-        raise PoisonMessage(
-            f"event.{attribute}: the template {template.source!r} failed on this message: {error}"
-        ) from error
-
-
-def _render_required(attribute: str, template: Template, context: Mapping[str, Any]) -> str:
-    text = _render(attribute, template, context)
-    if not text:
-        raise PoisonMessage(
-            f"event.{attribute}: the template {template.source!r} gave an empty string for this"
-            f" message; a CloudEvent needs a non-empty {attribute}"
-        )
-    return text
-
-
 def _templated(
     message: NatsMessage, config: NatsConfig, now: datetime, new_id: Callable[[], str]
 ) -> Event:
     data, seen = _read_payload(message.data, config)
     context = {"msg": {"subject": message.subject, "headers": dict(message.headers), "data": seen}}
-    templates = config.event
-    subject = message.subject
-    if templates.subject is not None:
-        subject = _render("subject", templates.subject, context)
+    defaults = Defaults(
+        source=f"nats://{message.subject}",
+        subject=message.subject,
+        id=lambda: default_id(message, new_id),
+    )
+    attributes = render_attributes(
+        config.event, context, defaults, what="message", failure=PoisonMessage
+    )
     return Event(
-        type=_render_required("type", templates.type, context),
-        source=(
-            _render_required("source", templates.source, context)
-            if templates.source is not None
-            else f"nats://{message.subject}"
-        ),
-        subject=subject or None,
-        id=(
-            _render_required("id", templates.id, context)
-            if templates.id is not None
-            else default_id(message, new_id)
-        ),
+        type=attributes.type,
+        source=attributes.source,
+        subject=attributes.subject,
+        id=attributes.id,
         time=now,
         datacontenttype=_CONTENT_TYPES[config.payloadFormat],
         data=data,

@@ -37,10 +37,9 @@ from nats.js.errors import APIError
 
 from eventflow.errors import TemporaryError
 from eventflow.sensing.protocol import Emit
+from eventflow.sensing.secrets import SecretSource, read_secret
 from sensors.nats.config import Credentials, JetStreamConfig, NatsConfig
 from sensors.nats.normalizing import NatsMessage, PoisonMessage, normalize, poison_event
-from sensors.webhook.config import SecretSource
-from sensors.webhook.secrets import read_secret
 
 log = structlog.get_logger()
 

@@ -16,16 +16,14 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
-    PlainSerializer,
-    PlainValidator,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from eventflow.errors import ExpressionError
 from eventflow.expressions import Template, compile_template
 from eventflow.resources.models import Strict
+from eventflow.sensing.secrets import SecretSource
+from eventflow.sensing.templating import TemplateOver
 from sensors.webhook.auth import Algorithm, Encoding, HmacScheme
 
 # What `event.*` templates may refer to, per request:
@@ -37,7 +35,6 @@ DEFAULT_TYPE = "eventflow.webhook"
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 Method = Literal["POST", "PUT", "PATCH"]
 _PATH_CHARACTERS = re.compile(r"^[A-Za-z0-9._~/-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Preset = Literal["github", "gitlab", "bitbucket", "stripe", "slack"]
 _TIMED_PRESETS = ("stripe", "slack")
 _KINDS = ("preset", "hmac", "bearer", "basic")
@@ -52,25 +49,8 @@ _PRESET_HEADERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _compile(value: Any) -> Template:
-    if isinstance(value, Template):
-        return value
-    if not isinstance(value, str):
-        # ValueError, not TypeError: pydantic reports only ValueError as a validation problem.
-        raise ValueError(
-            f'a template is a string like "com.example.{{{{ body.kind }}}}", got {value!r}'
-        )
-    try:
-        return compile_template(value, WEBHOOK_VARIABLES)
-    except ExpressionError as error:
-        raise ValueError(str(error)) from error
-
-
 WebhookTemplate = Annotated[
-    Template,
-    PlainValidator(_compile),
-    PlainSerializer(lambda template: template.source, return_type=str),
-    WithJsonSchema({"type": "string", "description": "text with {{ CEL }} parts"}),
+    Template, TemplateOver(WEBHOOK_VARIABLES, "com.example.{{ body.kind }}")
 ]
 
 
@@ -92,53 +72,6 @@ class EventTemplates(Strict):
         description="the event id, e.g. a delivery header so a redelivery keeps its id"
         " (default a new UUID per request)",
     )
-
-
-class SecretSource(Strict):
-    """Where one secret is read at run time: an environment variable or a file, exactly one."""
-
-    env: str | None = Field(default=None, description="the environment variable holding it")
-    file: str | None = Field(
-        default=None,
-        min_length=1,
-        description="the file holding it, e.g. a Kubernetes Secret mount; a trailing newline"
-        " is dropped",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_inline(cls, value: Any) -> Any:
-        # The value itself is never echoed: the message may end up in CI logs.
-        if isinstance(value, str | bytes | int | float) or (
-            isinstance(value, dict) and "value" in value
-        ):
-            raise ValueError(
-                "an inline secret is not accepted: YAML ends up in git; use {env: NAME} for an"
-                " environment variable or {file: /path} for a file such as a Secret mount"
-            )
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            raise ValueError(
-                f"{value!r} is not an environment variable name; use letters, digits and _,"
-                " not starting with a digit, e.g. GITHUB_WEBHOOK_SECRET"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.env is None) == (self.file is None):
-            raise ValueError(
-                "a secret is read from exactly one place; give env: NAME or file: /path"
-            )
-        return self
-
-    def describe(self) -> str:
-        """How logs name the secret: its variable or its file, never its value."""
-        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
 
 
 class HmacConfig(Strict):

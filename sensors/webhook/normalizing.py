@@ -22,10 +22,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
-from eventflow.errors import ExpressionError, InvalidEventError
-from eventflow.events import JSON_CONTENT_TYPE, Event, ExtensionValue, new_event_id, parse_time
-from eventflow.expressions import Template
+from eventflow.errors import InvalidEventError
+from eventflow.events import JSON_CONTENT_TYPE, Event, new_event_id
+from eventflow.sensing.binding import binary_event
 from eventflow.sensing.protocol import HttpRequest
+from eventflow.sensing.templating import Defaults, render_attributes
 from sensors.webhook.config import WebhookConfig
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -34,10 +35,6 @@ ACCEPTED_CONTENT_TYPES = (
     "application/json (or another +json type), application/cloudevents+json,"
     " application/cloudevents-batch+json, or a binary-mode CloudEvent"
     " (a ce-specversion header and ce-* attribute headers)"
-)
-# ce-* headers that carry a core attribute; every other ce-* header is an extension.
-_HEADER_ATTRIBUTES = frozenset(
-    {"specversion", "id", "source", "type", "subject", "time", "dataschema"}
 )
 
 
@@ -195,28 +192,15 @@ def _header_value(name: str, raw: str) -> str:
 
 
 def _binary(headers: Mapping[str, str], body: bytes, media: MediaType | None) -> Event:
-    attributes: dict[str, str] = {}
-    extensions: dict[str, ExtensionValue] = {}
-    for name, raw in headers.items():
-        if not name.startswith("ce-"):
-            continue
-        attribute, value = name.removeprefix("ce-"), _header_value(name, raw)
-        if attribute in _HEADER_ATTRIBUTES:
-            attributes[attribute] = value
-        else:
-            extensions[attribute] = value
-    time = attributes.get("time")
-    return Event(
-        specversion=attributes["specversion"],
-        id=attributes.get("id", ""),
-        source=attributes.get("source", ""),
-        type=attributes.get("type", ""),
-        subject=attributes.get("subject"),
-        time=parse_time(time) if time is not None else None,
-        dataschema=attributes.get("dataschema"),
-        datacontenttype=media.value if media is not None else None,
+    attributes = [
+        (name.removeprefix("ce-"), _header_value(name, raw))
+        for name, raw in headers.items()
+        if name.startswith("ce-")
+    ]
+    return binary_event(
+        attributes,
+        content_type=media.value if media is not None else None,
         data=_binary_data(body, media),
-        extensions=extensions,
     )
 
 
@@ -228,27 +212,6 @@ def _binary_data(body: bytes, media: MediaType | None) -> Any:
     if media is not None and media.essence.startswith("text/"):
         return _decode_text(body, media)
     return body
-
-
-def _render(attribute: str, template: Template, context: Mapping[str, Any]) -> str:
-    try:
-        return template.render(context)
-    except ExpressionError as error:
-        raise RequestError(
-            400,
-            f"event.{attribute}: the template {template.source!r} failed on this request: {error}",
-        ) from error
-
-
-def _render_required(attribute: str, template: Template, context: Mapping[str, Any]) -> str:
-    text = _render(attribute, template, context)
-    if not text:
-        raise RequestError(
-            400,
-            f"event.{attribute}: the template {template.source!r} gave an empty string for this"
-            f" request; a CloudEvent needs a non-empty {attribute}",
-        )
-    return text
 
 
 def _plain(
@@ -268,20 +231,18 @@ def _plain(
         "path": request.path,
         "method": request.method.upper(),
     }
-    templates = config.event
+    attributes = render_attributes(
+        config.event,
+        context,
+        Defaults(source=f"/webhooks/{config.path}", subject=None, id=new_id),
+        what="request",
+        failure=lambda reason: RequestError(400, reason),
+    )
     return Event(
-        type=_render_required("type", templates.type, context),
-        source=(
-            _render_required("source", templates.source, context)
-            if templates.source is not None
-            else f"/webhooks/{config.path}"
-        ),
-        subject=(
-            _render("subject", templates.subject, context) or None
-            if templates.subject is not None
-            else None
-        ),
-        id=_render_required("id", templates.id, context) if templates.id is not None else new_id(),
+        type=attributes.type,
+        source=attributes.source,
+        subject=attributes.subject,
+        id=attributes.id,
         time=now,
         datacontenttype=JSON_CONTENT_TYPE,
         data=body,

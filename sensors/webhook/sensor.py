@@ -20,6 +20,7 @@ import structlog
 
 from eventflow.errors import BusUnavailableError
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest
+from eventflow.sensing.secrets import REFRESH_SECONDS, SecretCache, SecretRead
 from sensors.webhook.auth import (
     DEFAULT_TOLERANCE_SECONDS,
     PRESETS,
@@ -32,7 +33,6 @@ from sensors.webhook.auth import (
 )
 from sensors.webhook.config import AuthConfig, WebhookConfig
 from sensors.webhook.normalizing import RequestError, is_batch, normalize
-from sensors.webhook.secrets import REFRESH_SECONDS, SecretCache, SecretRead
 
 log = structlog.get_logger()
 

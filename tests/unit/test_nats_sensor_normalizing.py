@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from eventflow.errors import TemporaryError
 from eventflow.events import Event
+from eventflow.sensing.secrets import SecretSource
 from sensors.nats import NatsConfig, NatsSensor, plugin
 from sensors.nats.config import check_subject
 from sensors.nats.normalizing import (
@@ -22,7 +23,6 @@ from sensors.nats.normalizing import (
     poison_event,
 )
 from sensors.nats.sensor import backoff, connect_options
-from sensors.webhook.config import SecretSource
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 

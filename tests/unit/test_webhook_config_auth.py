@@ -16,9 +16,15 @@ from eventflow.bus.memory import MemoryBus
 from eventflow.events import Event, ReceivedEvent
 from eventflow.sensing.intake import make_emit
 from eventflow.sensing.protocol import HttpReply, HttpRequest
+from eventflow.sensing.secrets import (
+    SecretCache,
+    SecretRead,
+    SecretSource,
+    read_secret,
+    read_secrets,
+)
 from sensors.webhook.auth import HmacScheme
-from sensors.webhook.config import AuthConfig, SecretSource, WebhookConfig
-from sensors.webhook.secrets import SecretCache, SecretRead, read_secret, read_secrets
+from sensors.webhook.config import AuthConfig, WebhookConfig
 from sensors.webhook.sensor import WebhookSensor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

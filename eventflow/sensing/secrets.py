@@ -1,4 +1,7 @@
-"""Read the secrets a webhook checks deliveries against, from environment variables and files.
+"""Secrets sensors read at run time (webhook keys, broker passwords): where, and how.
+
+A Sensor document names where a secret lives (`SecretSource`: an environment variable or a
+file), never the secret itself.
 
 A secret that cannot be read (variable unset, file missing, either empty) is a run-time
 condition, not a configuration error: a Kubernetes Secret may be mounted after the pod starts,
@@ -11,14 +14,66 @@ argument, so the refresh rule is tested without waiting.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Self
 
-from sensors.webhook.config import SecretSource
+from pydantic import Field, field_validator, model_validator
+
+from eventflow.resources.models import Strict
 
 REFRESH_SECONDS = 30.0
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SecretSource(Strict):
+    """Where one secret is read at run time: an environment variable or a file, exactly one."""
+
+    env: str | None = Field(default=None, description="the environment variable holding it")
+    file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the file holding it, e.g. a Kubernetes Secret mount; a trailing newline"
+        " is dropped",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, value: Any) -> Any:
+        # The value itself is never echoed: the message may end up in CI logs.
+        if isinstance(value, str | bytes | int | float) or (
+            isinstance(value, dict) and "value" in value
+        ):
+            raise ValueError(
+                "an inline secret is not accepted: YAML ends up in git; use {env: NAME} for an"
+                " environment variable or {file: /path} for a file such as a Secret mount"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not an environment variable name; use letters, digits and _,"
+                " not starting with a digit, e.g. GITHUB_WEBHOOK_SECRET"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.env is None) == (self.file is None):
+            raise ValueError(
+                "a secret is read from exactly one place; give env: NAME or file: /path"
+            )
+        return self
+
+    def describe(self) -> str:
+        """How logs name the secret: its variable or its file, never its value."""
+        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
 
 
 @dataclass(frozen=True, slots=True)
