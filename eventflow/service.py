@@ -27,7 +27,7 @@ from eventflow.resources.validation import load_resources
 from eventflow.runs.runner import RunController
 from eventflow.sensing.discovery import discover_plugins
 from eventflow.sensing.intake import make_emit
-from eventflow.sensing.protocol import Emit, HttpSensor, Sensor, SensorPlugin
+from eventflow.sensing.protocol import Emit, HttpSensor, Sensor, SensorContext, SensorPlugin
 from eventflow.settings import Settings
 from eventflow.store.records import RunRecord
 from eventflow.store.sql import SqlStore
@@ -143,7 +143,8 @@ class Service:
         self.sensors: dict[str, Sensor] = {}
         for name, config in self.catalog.resources.sensor_configs.items():
             kind = self.catalog.resources.sensors[name].resource.spec.kind
-            sensor = self.plugins[kind].create(name, config)
+            context = SensorContext(state=self.store.sensor_state(name, utc_now), clock=utc_now)
+            sensor = self.plugins[kind].create(name, config, context)
             self.sensors[name] = sensor
             self._sensor_tasks.append(
                 asyncio.create_task(sensor.run(self.emit_for(name)), name=f"sensor-{name}")

@@ -10,8 +10,9 @@ Two shapes of sensor exist:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -63,6 +64,55 @@ class HttpSensor(Protocol):
     async def handle(self, request: HttpRequest, emit: Emit) -> HttpReply: ...
 
 
+class SensorState(Protocol):
+    """A sensor's own keys and values in eventflow's store: checkpoints, dedupe windows.
+
+    Keys and values are text (structured values are JSON); `space` keeps apart the uses one
+    sensor has ("listing", "seen"). An entry past its `expires_at` reads as absent. Keys sort
+    as UTF-8 bytes, the order S3 lists objects in, so a listing can be merged with `scan`.
+    Write state only after the event it accounts for is on the bus: a crash in between emits
+    again, which the engine's run dedupe absorbs, where the other order would lose the event.
+    """
+
+    async def get(self, space: str, key: str) -> str | None: ...
+
+    async def get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]: ...
+
+    async def put_many(
+        self, space: str, items: Mapping[str, str], *, expires_at: datetime | None = None
+    ) -> None: ...
+
+    async def delete_many(self, space: str, keys: Sequence[str]) -> None: ...
+
+    async def scan(
+        self, space: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
+    ) -> list[tuple[str, str]]:
+        """Up to `limit` entries whose key starts with `prefix` and sorts after `after`."""
+        ...
+
+    async def purge_expired(self, now: datetime) -> int:
+        """Delete the entries that expired before `now`; return how many."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SensorContext:
+    """What eventflow lends a sensor it creates."""
+
+    state: SensorState  # this sensor's own, by its name
+    clock: Callable[[], datetime]  # aware UTC now
+
+
+@runtime_checkable
+class ReportsConnection(Protocol):
+    """Optional: a sensor that holds a connection to its source says whether it is up now.
+
+    /readyz lists it; a sensor without a connection of its own (a webhook) need not have it."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
 class SensorPlugin(Protocol):
     """What a sensor package registers under the `eventflow.sensors` entry-point group."""
 
@@ -71,4 +121,4 @@ class SensorPlugin(Protocol):
         """The strict pydantic model of `spec.<kind>` in a Sensor document."""
         ...
 
-    def create(self, name: str, config: BaseModel) -> Sensor: ...
+    def create(self, name: str, config: BaseModel, context: SensorContext) -> Sensor: ...

@@ -11,7 +11,7 @@ engine and run controller tell it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 
@@ -35,6 +35,7 @@ from eventflow.store.records import (
     aware_utc,
 )
 from eventflow.store.runner import Runner, connect
+from eventflow.store.sensorstate import SqlSensorState
 
 
 def _check_run_state(state: str, now: datetime) -> datetime:
@@ -74,6 +75,10 @@ class SqlStore:
 
     async def ping(self) -> None:
         await self._runner.read(self._operations.ping)
+
+    def sensor_state(self, sensor: str, clock: Callable[[], datetime]) -> SqlSensorState:
+        """The keys and values the sensor named `sensor` keeps here."""
+        return SqlSensorState(self._runner, sensor, clock)
 
     async def record_dispatch(
         self,

@@ -137,6 +137,20 @@ step_logs = Table(
     ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_step_logs_run"),
 )
 
+# Sensors' own keys and values (eventflow/sensing/protocol.py SensorState). Keys compare as
+# bytes: SQLite's default, and the "C" collation on PostgreSQL, whatever the database's locale.
+sensor_state = Table(
+    "sensor_state",
+    metadata,
+    Column("sensor", String(255), nullable=False),
+    Column("space", String(64), nullable=False),
+    Column("key", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("expires_at", UtcDateTime),
+    PrimaryKeyConstraint("sensor", "space", "key", name="pk_sensor_state"),
+    Index("ix_sensor_state_expires_at", "expires_at"),
+)
+
 
 def step_record(row: Any) -> StepRecord:
     return StepRecord(

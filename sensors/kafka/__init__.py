@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from eventflow.sensing.protocol import SensorContext
 from sensors.kafka.config import KafkaConfig
 from sensors.kafka.sensor import KafkaSensor
 
@@ -22,7 +23,7 @@ class KafkaPlugin:
     def config_model(self) -> type[BaseModel]:
         return KafkaConfig
 
-    def create(self, name: str, config: BaseModel) -> KafkaSensor:
+    def create(self, name: str, config: BaseModel, context: SensorContext) -> KafkaSensor:
         if not isinstance(config, KafkaConfig):
             raise TypeError(
                 f"sensor {name}: the kafka plugin takes a KafkaConfig,"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from eventflow.sensing.protocol import SensorContext
 from sensors.nats.config import NatsConfig
 from sensors.nats.sensor import NatsSensor
 
@@ -22,7 +23,7 @@ class NatsPlugin:
     def config_model(self) -> type[BaseModel]:
         return NatsConfig
 
-    def create(self, name: str, config: BaseModel) -> NatsSensor:
+    def create(self, name: str, config: BaseModel, context: SensorContext) -> NatsSensor:
         if not isinstance(config, NatsConfig):
             raise TypeError(
                 f"sensor {name}: the nats plugin takes a NatsConfig, got"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from eventflow.sensing.protocol import SensorContext
 from sensors.webhook.config import WebhookConfig
 from sensors.webhook.sensor import WebhookSensor
 
@@ -22,7 +23,7 @@ class WebhookPlugin:
     def config_model(self) -> type[BaseModel]:
         return WebhookConfig
 
-    def create(self, name: str, config: BaseModel) -> WebhookSensor:
+    def create(self, name: str, config: BaseModel, context: SensorContext) -> WebhookSensor:
         if not isinstance(config, WebhookConfig):
             raise TypeError(
                 f"sensor {name}: the webhook plugin takes a WebhookConfig,"

@@ -8,6 +8,7 @@ only when no server answers at 127.0.0.1:5432.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,7 +43,14 @@ async def _as_admin(*statements: str) -> None:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL of an empty database: a SQLite file in tmp_path, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
+    async with empty_database(request.param, tmp_path) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def empty_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of an empty "sqlite" or "postgres" database, dropped afterwards."""
+    if backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'eventflow.db'}"
         return
     name = f"eventflow_test_{uuid.uuid4().hex}"

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from eventflow.bus.memory import MemoryBus
 from eventflow.events import Event
 from eventflow.sensing.intake import make_emit
+from eventflow.sensing.state import memory_context
 from sensors.kafka import KafkaConfig, KafkaSensor, plugin
 from sensors.kafka.sensor import Backoff
 from tests.kafka_broker import (
@@ -372,5 +373,5 @@ def test_plugin_creates_a_kafka_sensor_from_its_config() -> None:
     config = plugin.config_model.model_validate(
         {"bootstrapServers": "127.0.0.1:9092", "topics": ["orders"]}
     )
-    sensor = plugin.create("orders", config)
+    sensor = plugin.create("orders", config, memory_context())
     assert (sensor.name, sensor.connected, sensor.poison_count) == ("orders", False, 0)

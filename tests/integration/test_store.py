@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventflow.errors import ConfigError, TemporaryError
 from eventflow.events import Event, ReceivedEvent
+from eventflow.store import migrations
 from eventflow.store.records import Decision, NewRun, StepLog, StepRecord
 from eventflow.store.sql import SqlStore
 from eventflow.store.tables import metadata
@@ -87,7 +89,7 @@ async def test_open_migrates_a_new_database_to_the_declared_schema(store_url: st
         version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
         diff = await connection.run_sync(differences)
     await engine.dispose()
-    assert version == "0001"
+    assert version == ScriptDirectory(str(migrations.HERE)).get_current_head()
     assert diff == []
 
 

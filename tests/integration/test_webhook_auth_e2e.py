@@ -20,6 +20,7 @@ from eventflow.bus.memory import MemoryBus
 from eventflow.events import Event
 from eventflow.sensing.intake import make_emit
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest
+from eventflow.sensing.state import memory_context
 from sensors.webhook import WebhookSensor, plugin
 from tests.conftest import FIXTURES
 from tests.integration.test_webhook_sensor import on_bus
@@ -60,7 +61,7 @@ def emit(bus: MemoryBus) -> Emit:
 
 def make_sensor(auth: dict[str, Any] | None, **spec: Any) -> WebhookSensor:
     config = plugin.config_model.model_validate({"path": "hooks", "auth": auth, **spec})
-    sensor = plugin.create("hooks", config)
+    sensor = plugin.create("hooks", config, memory_context())
     assert isinstance(sensor, WebhookSensor)
     return WebhookSensor(sensor.name, sensor.config, clock=lambda: NOW)
 

@@ -16,6 +16,7 @@ from eventflow.errors import BusUnavailableError
 from eventflow.events import Event, ReceivedEvent
 from eventflow.sensing.intake import make_emit
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest, HttpSensor
+from eventflow.sensing.state import memory_context
 from sensors.webhook import WebhookSensor, plugin
 from tests.conftest import FIXTURES
 
@@ -37,7 +38,7 @@ def make_sensor(**spec: object) -> WebhookSensor:
             **spec,
         }
     )
-    sensor = plugin.create("gh", config)
+    sensor = plugin.create("gh", config, memory_context())
     assert isinstance(sensor, WebhookSensor)
     return WebhookSensor(sensor.name, sensor.config, clock=lambda: REQUEST_TIME)
 

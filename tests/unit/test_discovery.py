@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from eventflow.sensing.discovery import SENSOR_GROUP, discover_plugins
+from eventflow.sensing.state import memory_context
 from sensors.webhook import WebhookSensor
 from sensors.webhook import plugin as webhook_plugin
 from sensors.webhook.config import WebhookConfig
@@ -25,7 +26,7 @@ class Config(BaseModel):
 class Plugin:
     config_model = Config
 
-    def create(self, name, config):
+    def create(self, name, config, context):
         return (name, config)
 
 plugin = Plugin()
@@ -73,7 +74,7 @@ def test_good_plugin_is_found_and_broken_one_is_logged_and_skipped(installed: Pa
         plugins = discover_plugins(GROUP)
     assert sorted(plugins) == ["good"]
     config = plugins["good"].config_model(url="u")
-    created: object = plugins["good"].create("a", config)
+    created: object = plugins["good"].create("a", config, memory_context())
     assert created == ("a", config)
     assert logs == [
         {
@@ -163,7 +164,9 @@ def test_builtin_webhook_plugin_loads_through_its_entry_point(installed: Path) -
     declare(installed, "discovery_eventflow", {"webhook": "sensors.webhook:plugin"}, SENSOR_GROUP)
     plugins = discover_plugins()
     assert plugins["webhook"] is webhook_plugin
-    sensor = plugins["webhook"].create("gh", WebhookConfig.model_validate({"path": "github"}))
+    sensor = plugins["webhook"].create(
+        "gh", WebhookConfig.model_validate({"path": "github"}), memory_context()
+    )
     assert isinstance(sensor, WebhookSensor)
     assert (sensor.name, sensor.path, sensor.max_body_bytes) == ("gh", "github", 1_048_576)
 
@@ -171,7 +174,9 @@ def test_builtin_webhook_plugin_loads_through_its_entry_point(installed: Path) -
 def test_webhook_plugin_refuses_another_config_model() -> None:
     """create() with a config of the wrong model says which model it takes."""
     with pytest.raises(TypeError) as caught:
-        webhook_plugin.create("gh", WebhookConfig.model_validate({"path": "a"}).event)
+        webhook_plugin.create(
+            "gh", WebhookConfig.model_validate({"path": "a"}).event, memory_context()
+        )
     assert str(caught.value) == (
         "sensor gh: the webhook plugin takes a WebhookConfig, got EventTemplates;"
         " validate spec.webhook with plugin.config_model"

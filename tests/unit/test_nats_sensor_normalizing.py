@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from eventflow.errors import TemporaryError
 from eventflow.events import Event
 from eventflow.sensing.secrets import SecretSource
+from eventflow.sensing.state import memory_context
 from sensors.nats import NatsConfig, NatsSensor, plugin
 from sensors.nats.config import check_subject
 from sensors.nats.normalizing import (
@@ -255,11 +256,11 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 def test_plugin_creates_a_sensor_and_refuses_another_config() -> None:
     """The entry-point object builds a NatsSensor from a NatsConfig only."""
     assert plugin.config_model is NatsConfig
-    sensor = plugin.create("orders", config())
+    sensor = plugin.create("orders", config(), memory_context())
     assert isinstance(sensor, NatsSensor)
     assert (sensor.name, sensor.connected, sensor.poisoned) == ("orders", False, 0)
     with pytest.raises(TypeError, match="the nats plugin takes a NatsConfig, got Event"):
-        plugin.create("orders", Event(id="1", source="s", type="t"))  # type: ignore[arg-type]
+        plugin.create("orders", Event(id="1", source="s", type="t"), memory_context())  # type: ignore[arg-type]
 
 
 # --- templated messages ---------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""`SqlSensorState`: one sensor's keys and values in the `sensor_state` table.
+
+Each call is one transaction through the store's runner, like every other store call. Keys
+are compared as bytes (the table's collation), so `scan` pages through them in the order S3
+lists objects. Long key lists are split into chunks so no statement outgrows the database's
+limit on bound parameters. This module does not decide what a sensor keeps or for how long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from eventflow.sensing.state import check_scan_limit, check_space
+from eventflow.store.records import aware_utc
+from eventflow.store.runner import Runner
+from eventflow.store.tables import sensor_state
+
+T = TypeVar("T")
+# SQLite allows 32,766 bound parameters since 3.32 and PostgreSQL 65,535; a chunk binds ~4 each.
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SqlSensorState:
+    """The state of the sensor `sensor`; `clock` gives the aware UTC now that expiry uses."""
+
+    def __init__(self, runner: Runner, sensor: str, clock: Callable[[], datetime]) -> None:
+        self._runner = runner
+        self._sensor = sensor
+        self._clock = clock
+        self._insert = postgresql.insert if runner.dialect == "postgresql" else sqlite.insert
+
+    def _in(self, space: str) -> ColumnElement[bool]:
+        return and_(sensor_state.c.sensor == self._sensor, sensor_state.c.space == space)
+
+    def _live(self) -> ColumnElement[bool]:
+        now = aware_utc(self._clock(), "clock()")
+        return or_(sensor_state.c.expires_at.is_(None), sensor_state.c.expires_at > now)
+
+    async def get(self, space: str, key: str) -> str | None:
+        return (await self.get_many(space, [key])).get(key)
+
+    async def get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
+        check_space(space)
+        if not keys:
+            return {}
+        live = self._live()
+
+        def read(connection: Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for chunk in _chunks(list(keys)):
+                query = select(sensor_state.c.key, sensor_state.c.value).where(
+                    self._in(space), sensor_state.c.key.in_(chunk), live
+                )
+                found.update((row.key, row.value) for row in connection.execute(query))
+            return found
+
+        return await self._runner.read(read)
+
+    async def put_many(
+        self, space: str, items: Mapping[str, str], *, expires_at: datetime | None = None
+    ) -> None:
+        check_space(space)
+        if not items:
+            return
+        expiry = None if expires_at is None else aware_utc(expires_at, "expires_at")
+        rows = [
+            {
+                "sensor": self._sensor,
+                "space": space,
+                "key": key,
+                "value": value,
+                "expires_at": expiry,
+            }
+            for key, value in items.items()
+        ]
+
+        def write(connection: Connection) -> None:
+            for chunk in _chunks(rows):
+                statement = self._insert(sensor_state).values(list(chunk))
+                connection.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["sensor", "space", "key"],
+                        set_={
+                            "value": statement.excluded.value,
+                            "expires_at": statement.excluded.expires_at,
+                        },
+                    )
+                )
+
+        await self._runner.write(write)
+
+    async def delete_many(self, space: str, keys: Sequence[str]) -> None:
+        check_space(space)
+        if not keys:
+            return
+
+        def write(connection: Connection) -> None:
+            for chunk in _chunks(list(keys)):
+                connection.execute(
+                    delete(sensor_state).where(self._in(space), sensor_state.c.key.in_(chunk))
+                )
+
+        await self._runner.write(write)
+
+    async def scan(
+        self, space: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
+    ) -> list[tuple[str, str]]:
+        check_space(space)
+        check_scan_limit(limit)
+        key = sensor_state.c.key
+        conditions = [self._in(space), self._live()]
+        if prefix:
+            # The range lets the primary key's index find the start; substr keeps it exact.
+            conditions += [key >= prefix, func.substr(key, 1, len(prefix)) == prefix]
+        if after is not None:
+            conditions.append(key > after)
+        query = select(key, sensor_state.c.value).where(*conditions).order_by(key).limit(limit)
+
+        def read(connection: Connection) -> list[tuple[str, str]]:
+            return [(row.key, row.value) for row in connection.execute(query)]
+
+        return await self._runner.read(read)
+
+    async def purge_expired(self, now: datetime) -> int:
+        moment = aware_utc(now, "now")
+
+        def write(connection: Connection) -> int:
+            result = connection.execute(
+                delete(sensor_state).where(
+                    sensor_state.c.sensor == self._sensor, sensor_state.c.expires_at <= moment
+                )
+            )
+            return result.rowcount
+
+        return await self._runner.write(write)

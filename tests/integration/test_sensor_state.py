@@ -1,0 +1,140 @@
+"""The sensor state contract, on memory, SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from eventflow.sensing.protocol import SensorState
+from eventflow.sensing.state import MemorySensorState
+from eventflow.store.sql import SqlStore
+from tests.integration.conftest import empty_database
+
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def state(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[SensorState]:
+    if request.param == "memory":
+        yield MemorySensorState(clock)
+        return
+    async with empty_database(request.param, tmp_path) as url:
+        store = await SqlStore.open(url)
+        try:
+            yield store.sensor_state("uploads", clock)
+        finally:
+            await store.close()
+
+
+async def test_put_then_get_returns_the_value_and_a_missing_key_none(state: SensorState) -> None:
+    """A stored value reads back; a key never stored reads as None."""
+    await state.put_many("seen", {"a": "1", "b": "2"})
+    assert await state.get("seen", "a") == "1"
+    assert await state.get("seen", "zzz") is None
+    assert await state.get_many("seen", ["a", "b", "c"]) == {"a": "1", "b": "2"}
+
+
+async def test_spaces_keep_their_keys_apart(state: SensorState) -> None:
+    """The same key in two spaces holds two values."""
+    await state.put_many("listing", {"k": "listed"})
+    await state.put_many("seen", {"k": "seen"})
+    assert await state.get("listing", "k") == "listed"
+    assert await state.get("seen", "k") == "seen"
+
+
+async def test_put_replaces_the_value_and_its_expiry(state: SensorState, clock: Clock) -> None:
+    """A second put of a key overwrites its value, and an expiry can be lifted."""
+    await state.put_many("seen", {"k": "old"}, expires_at=START + timedelta(seconds=10))
+    await state.put_many("seen", {"k": "new"})
+    clock.now = START + timedelta(days=1)
+    assert await state.get("seen", "k") == "new"
+
+
+async def test_expired_entries_read_as_absent_and_purge_deletes_them(
+    state: SensorState, clock: Clock
+) -> None:
+    """Past expires_at an entry is gone from get and scan; purge removes it for good."""
+    await state.put_many("seen", {"short": "1"}, expires_at=START + timedelta(seconds=10))
+    await state.put_many("seen", {"long": "2"}, expires_at=START + timedelta(hours=1))
+    clock.now = START + timedelta(seconds=10)
+    assert await state.get("seen", "short") is None
+    assert await state.scan("seen") == [("long", "2")]
+    assert await state.purge_expired(clock.now) == 1
+    clock.now = START
+    assert await state.get("seen", "short") is None
+    assert await state.get("seen", "long") == "2"
+
+
+async def test_delete_removes_only_the_named_keys(state: SensorState) -> None:
+    """delete_many drops the keys given, in that space only."""
+    await state.put_many("seen", {"a": "1", "b": "2"})
+    await state.put_many("other", {"a": "3"})
+    await state.delete_many("seen", ["a", "missing"])
+    assert await state.get_many("seen", ["a", "b"]) == {"b": "2"}
+    assert await state.get("other", "a") == "3"
+
+
+AWKWARD_KEYS = [
+    "in/a b+c.csv",
+    "in/a%2Fb.csv",
+    "in/Z.csv",
+    "in/a.csv",
+    "in/é.csv",
+    "in/日本.csv",
+    "in/😀.csv",
+    "in/\U0010ffff.csv",
+    "in-other/x.csv",
+    "in",
+    "out/x.csv",
+]
+
+
+async def test_scan_pages_in_utf8_byte_order_within_a_prefix(state: SensorState) -> None:
+    """scan lists keys with the prefix in UTF-8 byte order (S3's), page by page with `after`."""
+    await state.put_many("listing", {key: key.upper() for key in AWKWARD_KEYS})
+    expected = sorted((key for key in AWKWARD_KEYS if key.startswith("in/")), key=str.encode)
+    pages: list[str] = []
+    after: str | None = None
+    while page := await state.scan("listing", prefix="in/", after=after, limit=3):
+        assert len(page) <= 3
+        pages += [key for key, _ in page]
+        after = page[-1][0]
+    assert pages == expected
+    everything = await state.scan("listing", limit=100)
+    assert [key for key, _ in everything] == sorted(AWKWARD_KEYS, key=str.encode)
+    assert dict(everything)["in/a b+c.csv"] == "IN/A B+C.CSV"
+
+
+async def test_many_keys_at_once_are_stored_and_read(state: SensorState) -> None:
+    """Thousands of keys in one call go through (split under the bound-parameter limit)."""
+    items = {f"obj/{number:05}": str(number) for number in range(2_500)}
+    await state.put_many("listing", items)
+    assert await state.get_many("listing", list(items)) == items
+    await state.delete_many("listing", list(items)[:2_000])
+    assert len(await state.scan("listing", limit=5_000)) == 500
+
+
+async def test_bad_arguments_are_refused_with_what_to_pass(state: SensorState) -> None:
+    """An empty space name and a non-positive limit are errors that say what is expected."""
+    with pytest.raises(ValueError, match=r"^space: an empty name; name the use of the state"):
+        await state.put_many("", {"a": "1"})
+    with pytest.raises(ValueError, match=r"^limit: 0 is not a positive number of entries$"):
+        await state.scan("seen", limit=0)
