@@ -19,7 +19,7 @@ from eventflow.service import Service
 from eventflow.settings import ApiSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = ROOT / "examples" / "quickstart"
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def examples(tmp_path: Path) -> Path:
-    """A copy of examples/ that a test may edit."""
+    """A copy of examples/quickstart that a test may edit."""
     target = tmp_path / "resources"
     shutil.copytree(EXAMPLES, target)
     return target
@@ -73,9 +73,8 @@ class RunningServer:
 async def serve(resources: Path, data_dir: Path, **settings: Any) -> AsyncIterator[RunningServer]:
     """Start eventflow on `resources` with its store in `data_dir`; stop it on exit."""
     port = free_port()
-    service = Service(
-        Settings(data_dir=data_dir, api=ApiSettings(port=port), **settings), [resources]
-    )
+    api = settings.pop("api", ApiSettings()).model_copy(update={"port": port})
+    service = Service(Settings(data_dir=data_dir, api=api, **settings), [resources])
     config = uvicorn.Config(
         create_app(service), host="127.0.0.1", port=port, log_config=None, access_log=False
     )

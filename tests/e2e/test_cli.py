@@ -93,7 +93,7 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_validate_accepts_the_examples():
-    """`eventflow validate examples/` passes and counts what it read."""
+    """`eventflow validate examples/quickstart` passes and counts what it read."""
     result = cli("validate", str(EXAMPLES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == "ok: 2 sensor(s), 2 trigger(s), 2 workflow template(s)\n"
