@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,146 +28,26 @@ import structlog
 from eventflow.errors import PermanentError
 from eventflow.executors.processes import Child, spawn
 from eventflow.executors.protocol import OUTPUT_FILE_ENV, StepKey, StepPhase, StepSpec, StepUpdate
+from eventflow.executors.stepio import (
+    OutputPipe,
+    check_key,
+    create_log,
+    exit_outcome,
+    read_outputs,
+    refusal,
+    start_failure,
+    start_time,
+)
 
 log = structlog.get_logger()
 
 STOPPED_REASON = "interrupted: eventflow stopped while the step ran"
 RESTARTED_REASON = "interrupted: eventflow restarted while the step ran"
-_TAIL_LINE_BYTES = 4096  # a log tail travels to the store: one huge line must not bloat it
 _ORPHAN_POLL_SECONDS = 0.02  # an orphan is not our child: we cannot wait() for it, only look
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _create_log(path: Path) -> BinaryIO:
-    """Open an attempt's log for writing; its run's directory is made on first use only
-    (file system calls on the event loop are what a step's start costs most)."""
-    try:
-        return path.open("wb", buffering=0)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("wb", buffering=0)
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of a live process (None if gone or a zombie): pid reuse guard."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _read_outputs(path: Path, last_line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """Outputs and, if the outputs file is unusable, the reason the attempt fails."""
-    data = path.read_bytes() if path.is_file() else b""
-    if not data.strip():
-        with contextlib.suppress(ValueError, RecursionError):
-            value = json.loads(last_line)
-            return (value if isinstance(value, dict) else None), None
-        return None, None
-    advice = 'write one JSON object there, such as {"rows": 3}'
-    try:
-        value = json.loads(data)
-    except ValueError as error:
-        return None, f"outputs file is not a JSON object: {path}: {error}; {advice}"
-    if not isinstance(value, dict):
-        kinds: dict[type, str] = {bool: "a boolean", int: "a number", float: "a number"}
-        kind = {**kinds, list: "an array", str: "a string"}.get(type(value), "null")
-        return None, f"outputs file is not a JSON object: {path} holds {kind}; {advice}"
-    return value, None
-
-
-def _exit_outcome(code: int) -> tuple[StepPhase, str | None]:
-    if code == 0:
-        return StepPhase.SUCCEEDED, None
-    if code > 0:
-        return StepPhase.FAILED, f"exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = str(-code)
-    return StepPhase.FAILED, f"killed by signal {name}"
-
-
-def _start_failure(command: str, error: OSError) -> str:
-    if isinstance(error, FileNotFoundError):
-        return f"command not found: {command!r}"
-    if isinstance(error, PermissionError):
-        return (
-            f"permission denied: {command!r} is not executable; "
-            "make it executable (chmod +x) or run it through its interpreter"
-        )
-    return f"could not start {command!r}: {error}"
-
-
-def _refusal(step: StepSpec) -> str | None:
-    """Why the attempt cannot start at all, before a process is tried."""
-    if not step.command:
-        return "command is empty: a local step needs a command to run"
-    if step.working_dir is not None and not Path(step.working_dir).is_dir():
-        return (
-            f"working directory does not exist: {step.working_dir!r}; "
-            "create it or change the step's workingDir"
-        )
-    return None
-
-
-def _check_key(key: StepKey) -> None:
-    # run id and step name become file names: they must not climb out of work_dir
-    for part in (key.run_id, key.step):
-        if not part or part in {".", ".."} or "/" in part or "\0" in part:
-            raise PermanentError(
-                f"step {key}: {part!r} cannot be a file name under the work dir; "
-                "use a run id and a step name without '/' that are not '.' or '..'"
-            )
-
-
-class _OutputPipe(asyncio.Protocol):
-    """Drains one attempt's output pipe into its capped log file, never pausing the pipe."""
-
-    def __init__(
-        self, sink: BinaryIO, max_bytes: int, tail_lines: int, wake: Callable[[], None]
-    ) -> None:
-        self._sink = sink
-        self._room = max_bytes
-        self._max_line = max_bytes
-        self._wake = wake
-        self._tail: deque[bytes] = deque(maxlen=tail_lines)
-        self._partial = b""
-        self.last_line = b""  # the last non-empty line: outputs when no outputs file was written
-        self.closed = asyncio.Event()
-
-    def data_received(self, data: bytes) -> None:
-        if self._room >= 0:
-            self._sink.write(data[: self._room])
-            self._room -= len(data)
-            if self._room < 0:
-                self._sink.write(
-                    b"\n[eventflow: log capped here; the rest of the output dropped]\n"
-                )
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()[-self._max_line :]
-        for line in lines:
-            self._add(line)
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._partial:
-            self._add(self._partial)
-        self.closed.set()
-        self._wake()
-
-    def _add(self, line: bytes) -> None:
-        self._tail.append(line[:_TAIL_LINE_BYTES])
-        if line.strip():
-            self.last_line = line
-
-    def tail(self) -> str:
-        return "\n".join(line.decode("utf-8", "replace") for line in self._tail)
 
 
 @dataclass(slots=True, eq=False)
@@ -238,7 +116,7 @@ class LocalExecutor:
             return
         attempt = self._new_attempt(key)
         try:
-            sink = _create_log(attempt.log_path)
+            sink = create_log(attempt.log_path)
         except OSError as error:
             raise PermanentError(
                 f"step {key}: cannot write its files under {attempt.log_path.parent}: {error}; "
@@ -306,7 +184,7 @@ class LocalExecutor:
             return None
 
     def _new_attempt(self, key: StepKey) -> _Attempt:
-        _check_key(key)
+        check_key(key)
         run_dir = self._work_dir / key.run_id
         base = f"{key.step}.{key.attempt}"
         return _Attempt(
@@ -335,9 +213,9 @@ class LocalExecutor:
 
     async def _execute(self, attempt: _Attempt, step: StepSpec, sink: BinaryIO) -> StepUpdate:
         key = attempt.key
-        refusal = _refusal(step)
-        if refusal is not None:
-            return StepUpdate(key, StepPhase.FAILED, _now(), reason=refusal, log_tail="")
+        refused = refusal(step)
+        if refused is not None:
+            return StepUpdate(key, StepPhase.FAILED, _now(), reason=refused, log_tail="")
         if attempt.stop_as is not None:  # stopped before it started: start nothing
             phase, why = attempt.stop_as
             return StepUpdate(key, phase, _now(), reason=why, log_tail="")
@@ -356,14 +234,14 @@ class LocalExecutor:
             )
         except OSError as error:
             os.close(read_fd)
-            failure = _start_failure(step.command[0], error)
+            failure = start_failure(step.command[0], error)
             return StepUpdate(key, StepPhase.FAILED, _now(), reason=failure, log_tail="")
         finally:
             os.close(write_fd)
-        pipe = _OutputPipe(sink, self._max_log_bytes, self._tail_lines, attempt.wake)
+        pipe = OutputPipe(sink, self._max_log_bytes, self._tail_lines, attempt.wake)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_read_pipe(lambda: pipe, os.fdopen(read_fd, "rb", 0))
-        attempt.pid_path.write_text(f"{process.pid} {_start_time(process.pid) or '-'}\n")
+        attempt.pid_path.write_text(f"{process.pid} {start_time(process.pid) or '-'}\n")
         log.info("step started", step=str(key), pid=process.pid)
         self._updates.put_nowait(StepUpdate(key, StepPhase.RUNNING, _now()))
 
@@ -383,8 +261,8 @@ class LocalExecutor:
 
         code = await process.wait()
         reason: str | None
-        phase, reason = stopped_as or _exit_outcome(code)
-        outputs, problem = _read_outputs(attempt.output_path, pipe.last_line)
+        phase, reason = stopped_as or exit_outcome(code)
+        outputs, problem = read_outputs(attempt.output_path, pipe.last_line)
         if problem is not None and phase is StepPhase.SUCCEEDED:
             phase, reason = StepPhase.FAILED, problem
         return StepUpdate(key, phase, _now(), code, reason, outputs, pipe.tail())
@@ -431,10 +309,10 @@ class LocalExecutor:
             pid = int(pid_text)
         except (OSError, ValueError):
             pid, start = 0, "-"
-        if pid > 0 and start != "-" and _start_time(pid) == start:
+        if pid > 0 and start != "-" and start_time(pid) == start:
 
             async def gone() -> None:
-                while _start_time(pid) == start:  # noqa: ASYNC110  (not our child: no wait())
+                while start_time(pid) == start:  # noqa: ASYNC110  (not our child: no wait())
                     await asyncio.sleep(_ORPHAN_POLL_SECONDS)
 
             # the group is the step's own only if the step leads it (it was started that way)
