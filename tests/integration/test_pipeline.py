@@ -67,6 +67,13 @@ async def wait_step_state(server: Any, run_id: str, name: str, state: str) -> di
             await asyncio.sleep(0.02)
 
 
+async def wait_log(server: Any, run_id: str, name: str, text: str) -> None:
+    """Wait until the step's current attempt has logged `text` (its process is under way)."""
+    async with asyncio.timeout(15):
+        while (await server.client.get(f"/api/v1/runs/{run_id}/steps/{name}/logs")).text != text:
+            await asyncio.sleep(0.02)
+
+
 async def test_webhook_event_runs_the_dag_with_outputs_passed_between_steps(server_factory):
     """A matching upload runs extract -> transform -> load, each reading the last one's outputs."""
     async with server_factory(EXAMPLES) as server:
@@ -249,6 +256,8 @@ async def test_restart_mid_run_resumes_the_run(server_factory, tmp_path):
         await server.client.post("/webhooks/hook", json={"seconds": 30})
         [created] = await server.wait_runs(1)
         await wait_step_state(server, created["id"], "work", "Running")
+        # Running means spawned; the interpreter may not have printed yet on a busy machine.
+        await wait_log(server, created["id"], "work", "working\n")
     async with server_factory(resources, data_dir=data) as server:
         run = await server.wait_run(created["id"])
         assert run["state"] == "Succeeded"
