@@ -4,8 +4,10 @@ It serves what the executor uses, over real HTTP with real field names: batch/v1
 (create, get, list and watch by label selector from a resourceVersion, with bookmarks and
 410 Gone for compacted versions, delete) and v1 Pods (list by label, log). A job
 "controller" that the test drives (`start`, `succeed`, `fail`, `oom_kill`, `image_pull_error`,
-`deadline_exceeded`) moves Jobs and their Pods as the real one would. Every request is
-recorded; faults are injected on demand (`fail_next`, `drop_watches`, `gone_on_next_watch`).
+`deadline_exceeded`, in tests/k8s_controller.py) moves Jobs and their Pods as the real one
+would; `on_created`/`on_deleted` let something run them (tests/k8s_kubelet.py). Every
+request is recorded and counted by verb (`verbs`, `watch_events`); faults are injected on
+demand (`fail_next`, `drop_watches`, `gone_on_next_watch`).
 
 kmock (PyPI) was tried first: it keeps no resourceVersion history ('...' for every list),
 replays every object on each watch and has no label selectors or 410, so it cannot check
@@ -18,11 +20,13 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 import uvicorn
@@ -31,6 +35,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.k8s_controller import JobController, stamp
 
 JOBS = "/apis/batch/v1/namespaces/{namespace}/jobs"
 PODS = "/api/v1/namespaces/{namespace}/pods"
@@ -49,10 +55,6 @@ class _Fault:
     status: int
     count: int
     retry_after: str | None
-
-
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(code: int, reason: str, message: str) -> JSONResponse:
@@ -74,8 +76,23 @@ def _selected(obj: dict[str, Any], selector: str | None) -> bool:
     return True
 
 
+def _verb(request: Recorded) -> str:
+    """create, watch, list, get, delete (Jobs); list pods; read log."""
+    if request.path.endswith("/log"):
+        return "read log"
+    if "/pods" in request.path:
+        return "list pods"
+    if request.method == "POST":
+        return "create"
+    if request.method == "DELETE":
+        return "delete"
+    if _truthy(request.query.get("watch")):
+        return "watch"
+    return "list" if request.path.endswith("/jobs") else "get"
+
+
 @dataclass
-class KubeEmulator:
+class KubeEmulator(JobController):
     namespace: str = "eventflow"
     url: str = ""
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -88,6 +105,11 @@ class KubeEmulator:
     faults: dict[str, _Fault] = field(default_factory=dict)
     gone_next: bool = False
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    watch_events: int = 0  # events sent on watch streams, bookmarks included
+    # What runs a created Job's Pod, when something does (tests/k8s_kubelet.py); told of
+    # each Job created and deleted.
+    on_created: Callable[[str], None] | None = None
+    on_deleted: Callable[[str], None] | None = None
     _watch_epoch: int = 0
     _abort: bool = False
     _bookmarks: int = 0
@@ -96,6 +118,13 @@ class KubeEmulator:
 
     def calls(self, method: str, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and path_part in r.path]
+
+    def verbs(self) -> Counter[str]:
+        """Requests by verb, as the API server's audit log counts them."""
+        counted: Counter[str] = Counter()
+        for request in self.requests:
+            counted[_verb(request)] += 1
+        return counted
 
     def configuration(self) -> Configuration:
         return Configuration(host=self.url)
@@ -131,130 +160,6 @@ class KubeEmulator:
         async with self.changed:
             self._bookmarks += 1
             self.changed.notify_all()
-
-    # --- the job controller a test drives ------------------------------------------------
-
-    async def start(self, name: str, log: str = "") -> dict[str, Any]:
-        """The Job's Pod is scheduled and its container runs: status.active becomes 1."""
-        job = self.jobs[name]
-        pod_name = f"{name}-{uuid.uuid4().hex[:5]}"
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": pod_name,
-                "namespace": self.namespace,
-                "uid": str(uuid.uuid4()),
-                "creationTimestamp": _stamp(),
-                "labels": {
-                    **job["spec"]["template"]["metadata"]["labels"],
-                    "job-name": name,
-                    "batch.kubernetes.io/job-name": name,
-                    "controller-uid": job["metadata"]["uid"],
-                },
-            },
-            "spec": job["spec"]["template"]["spec"],
-            "status": {"phase": "Running", "containerStatuses": [self._container({"running": {}})]},
-        }
-        self.pods[pod_name] = pod
-        self.logs[pod_name] = log
-        job["status"] = {"active": 1, "startTime": _stamp(), "ready": 1}
-        await self._changed("MODIFIED", job)
-        return pod
-
-    async def succeed(self, name: str, message: str = "", log: str = "") -> None:
-        await self._finish(name, 0, "Completed", message, log)
-        conditions = [self._condition("SuccessCriteriaMet"), self._condition("Complete")]
-        await self._set_job(name, {"succeeded": 1, "completionTime": _stamp()}, conditions)
-
-    async def fail(
-        self, name: str, exit_code: int = 1, reason: str = "Error", message: str = "", log: str = ""
-    ) -> None:
-        await self._finish(name, exit_code, reason, message, log)
-        await self._job_failed(
-            name, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-        )
-
-    async def oom_kill(self, name: str) -> None:
-        await self.fail(name, 137, "OOMKilled")
-
-    async def image_pull_error(self, name: str, reason: str = "ErrImagePull") -> None:
-        """The Pod stays Pending, its container waiting on an image it cannot pull."""
-        pod = await self.start(name)
-        message = 'rpc error: code = NotFound desc = failed to pull and unpack image "nope:1"'
-        pod["status"] = {
-            "phase": "Pending",
-            "containerStatuses": [
-                self._container({"waiting": {"reason": reason, "message": message}})
-            ],
-        }
-
-    async def deadline_exceeded(self, name: str) -> None:
-        """activeDeadlineSeconds passed: the controller fails the Job (its Pods stay, killed)."""
-        await self._job_failed(
-            name, "DeadlineExceeded", "Job was active longer than specified deadline"
-        )
-
-    # --- internals -----------------------------------------------------------------------
-
-    def _container(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "name": "step",
-            "image": "busybox",
-            "ready": "running" in state,
-            "restartCount": 0,
-            "state": state,
-        }
-
-    def _condition(
-        self, kind: str, reason: str | None = None, message: str | None = None
-    ) -> dict[str, Any]:
-        found = {
-            "type": kind,
-            "status": "True",
-            "lastProbeTime": _stamp(),
-            "lastTransitionTime": _stamp(),
-        }
-        return found | ({"reason": reason, "message": message} if reason else {})
-
-    def _pod_of(self, name: str) -> dict[str, Any] | None:
-        found = [p for p in self.pods.values() if p["metadata"]["labels"]["job-name"] == name]
-        return found[-1] if found else None
-
-    async def _finish(self, name: str, code: int, reason: str, message: str, log: str) -> None:
-        pod = self._pod_of(name) or await self.start(name)
-        terminated = {
-            "exitCode": code,
-            "reason": reason,
-            "startedAt": _stamp(),
-            "finishedAt": _stamp(),
-        }
-        if message:
-            terminated["message"] = message
-        phase = "Succeeded" if code == 0 else "Failed"
-        pod["status"] = {
-            "phase": phase,
-            "containerStatuses": [self._container({"terminated": terminated})],
-        }
-        self.logs[pod["metadata"]["name"]] = log
-
-    async def _job_failed(self, name: str, reason: str, message: str) -> None:
-        conditions = [
-            self._condition("FailureTarget", reason, message),
-            self._condition("Failed", reason, message),
-        ]
-        await self._set_job(name, {"failed": 1}, conditions)
-
-    async def _set_job(
-        self, name: str, status: dict[str, Any], conditions: list[dict[str, Any]]
-    ) -> None:
-        job = self.jobs[name]
-        job["status"] = {
-            "startTime": job["status"].get("startTime", _stamp()),
-            **status,
-            "conditions": conditions,
-        }
-        await self._changed("MODIFIED", job)
 
     async def _changed(self, kind: str, obj: dict[str, Any]) -> None:
         async with self.changed:
@@ -316,12 +221,14 @@ class KubeEmulator:
         job = json.loads(json.dumps(body))
         job["metadata"] |= {
             "uid": str(uuid.uuid4()),
-            "creationTimestamp": _stamp(),
+            "creationTimestamp": stamp(),
             "generation": 1,
         }
         job["status"] = {}
         self.jobs[name] = job
         await self._changed("ADDED", job)
+        if self.on_created is not None:
+            self.on_created(name)
         return JSONResponse(job, 201)
 
     def _watch(self, since: str | None, selector: str | None, bookmarks: bool) -> Response:
@@ -355,7 +262,8 @@ class KubeEmulator:
                     if self._abort:
                         raise ConnectionAbortedError("watch dropped by the test")
                     return
-                events = [(v, k, o) for v, k, o in self.history if v > seen]
+                # history is in version order: skip what this stream already sent
+                events = self.history[bisect_right(self.history, seen, key=itemgetter(0)) :]
                 seen = self.version
                 if self._bookmarks != marks:
                     marks = self._bookmarks
@@ -368,6 +276,7 @@ class KubeEmulator:
                         events.append((seen, "BOOKMARK", mark))
             for _, kind, obj in events:
                 if kind == "BOOKMARK" or _selected(obj, selector):
+                    self.watch_events += 1
                     yield json.dumps({"type": kind, "object": obj}) + "\n"
 
     def _news(self, seen: int, epoch: int, marks: int) -> bool:
@@ -387,6 +296,8 @@ class KubeEmulator:
         ]:
             del self.pods[pod_name]
         await self._changed("DELETED", job)
+        if self.on_deleted is not None:
+            self.on_deleted(name)
         return JSONResponse(
             {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
         )

@@ -5,18 +5,18 @@ answer 409, which adopts the Job instead of duplicating it (promise 2). One `Job
 every eventflow Job in the namespace reports starts and ends: no Job is polled. At an end,
 one list of the Job's Pods gives the exit code, the reason (OOMKilled, image pull errors) and
 the outputs (the container's termination message), and one read of its log gives the tail.
-Every API call passes a client-side token bucket (qps, burst) and is retried with backoff on
-429 and 5xx, honouring Retry-After.
+Every API call passes a client-side token bucket (qps, burst), where reading a finished
+step's results yields to creates and deletes, and is retried with backoff on 429 and 5xx,
+honouring Retry-After.
 
-It does not retry steps (the run controller makes attempt N+1), does not merge Job options
-from settings and templates (its caller does), and leaves Jobs running on `close`: they
-outlive eventflow and are `adopt`ed after a restart.
+A Job is shaped by the executor's `JobOptions` under the installation's `defaults` block and
+the step's `kubernetes:` blocks. It does not retry steps (the run controller makes attempt
+N+1), and leaves Jobs running on `close`: they outlive eventflow and are `adopt`ed later.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -35,20 +35,22 @@ from eventflow.executors.manifests import (
     JobOptions,
     build_job,
     job_name,
+    job_options,
+    parse_termination_message,
 )
 from eventflow.executors.protocol import StepKey, StepPhase, StepSpec, StepUpdate
 from eventflow.executors.watching import (
     ApiError,
+    Caller,
     JobWatch,
     Json,
     TokenBucket,
-    api_message,
     is_active,
     newest_pod,
     pod_report,
-    retry_after,
     verdict,
 )
+from eventflow.resources.kubernetes import KubernetesOptions, layers, merge_options
 
 log = structlog.get_logger()
 
@@ -76,38 +78,33 @@ class KubernetesExecutor:
         self,
         options: JobOptions,
         *,
+        defaults: KubernetesOptions | None = None,
         api_client_factory: ApiClientFactory | None = None,
         kubeconfig: str | None = None,
         context: str | None = None,
         qps: float = 50,
         burst: int = 100,
-        ttl_seconds_after_finished: int | None = None,
         log_tail_lines: int = 20,
         max_retries: int = 5,
         retry_base_delay: float = 0.2,
         retry_max_delay: float = 30.0,
         watch_resume_delay: float = 0.1,
     ) -> None:
-        if ttl_seconds_after_finished is not None:
-            options = dataclasses.replace(
-                options, ttl_seconds_after_finished=ttl_seconds_after_finished
-            )
         self._options = options
+        self._defaults = layers(defaults)
         self._namespace = options.namespace
         self._factory = api_client_factory
         self._kubeconfig = kubeconfig
         self._context = context
-        self._bucket = TokenBucket(qps, burst)
+        self._call = Caller(TokenBucket(qps, burst), max_retries, retry_base_delay, retry_max_delay)
         self._tail_lines = log_tail_lines
-        self._max_retries = max_retries
-        self._base_delay = retry_base_delay
-        self._max_delay = retry_max_delay
         self._resume_delay = watch_resume_delay
         self._api: Any = None
         self._batch: Any = None
         self._core: Any = None
         self._attempts: dict[str, _Attempt] = {}
         self._jobs: dict[str, Json] = {}  # the watch's view of every eventflow Job
+        self._ended_logs: dict[str, str] = {}  # by Job name, until `logs()` takes it
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
@@ -156,7 +153,10 @@ class KubernetesExecutor:
         attempt = _Attempt(key, name)
         self._attempts[name] = attempt
         try:
-            body = build_job(step, self._options)
+            options = self._options
+            if self._defaults or step.kubernetes:
+                options = job_options(options, merge_options(*self._defaults, *step.kubernetes))
+            body = build_job(step, options)
         except ConfigError as error:
             self._end(attempt, StepUpdate(key, StepPhase.FAILED, _now(), reason=str(error)))
             return
@@ -207,6 +207,11 @@ class KubernetesExecutor:
         response.release()
 
     async def logs(self, key: StepKey, follow: bool = False) -> AsyncIterator[str]:
+        kept = None if follow else self._ended_logs.pop(job_name(key), None)
+        if kept is not None:  # read when the attempt ended
+            for line in kept.splitlines():
+                yield line
+            return
         pod = await self._pod(job_name(key))
         if pod is None:
             return
@@ -274,22 +279,28 @@ class KubernetesExecutor:
     # --- internals -----------------------------------------------------------------------
 
     async def _finish(self, attempt: _Attempt, phase: StepPhase, reason: str | None) -> None:
-        """One list of the Job's Pods and one log read, then the terminal update."""
-        report, tail = pod_report(None), None
+        """One list of the Job's Pods and one read of its log, then the terminal update.
+
+        The log is kept for the `logs()` call the run controller makes next, so one read
+        serves both the tail and the stored log."""
+        report, tail, outputs = pod_report(None), None, None
         try:
             pod = await self._pod(attempt.name)
             report = pod_report(pod)
+            outputs = report.outputs
             if pod is not None:
-                tail = await self._tail(pod["metadata"]["name"])
+                text = await self._log(pod["metadata"]["name"])
+                self._ended_logs[attempt.name] = text
+                tail = "\n".join(text.splitlines()[-self._tail_lines :] if self._tail_lines else [])
+                if outputs is None:  # as on the local executor: a JSON object as last line
+                    outputs = parse_termination_message(text)
         except (ApiError, TemporaryError) as error:
             log.warning("step details unavailable", step=str(attempt.key), error=str(error))
         # a Pod that never ran (image pull) says more than the deadline that ended its wait
         never_ran = phase is StepPhase.TIMED_OUT and report.exit_code is None
         if report.reason is not None and (phase is StepPhase.FAILED or never_ran):
             phase, reason = StepPhase.FAILED, report.reason
-        update = StepUpdate(
-            attempt.key, phase, _now(), report.exit_code, reason, report.outputs, tail
-        )
+        update = StepUpdate(attempt.key, phase, _now(), report.exit_code, reason, outputs, tail)
         self._end(attempt, update)
 
     def _end(self, attempt: _Attempt, update: StepUpdate) -> None:
@@ -299,59 +310,27 @@ class KubernetesExecutor:
 
     async def _pod(self, name: str) -> Json | None:
         response = await self._call(
-            self._core.list_namespaced_pod, self._namespace, label_selector=f"job-name={name}"
+            self._core.list_namespaced_pod,
+            self._namespace,
+            label_selector=f"job-name={name}",
+            background=True,
         )
         async with response:
             body = await response.json()
         pod = newest_pod(body.get("items") or [])
         return dict(pod) if pod is not None else None
 
-    async def _tail(self, pod: str) -> str:
+    async def _log(self, pod: str) -> str:
         response = await self._call(
             self._core.read_namespaced_pod_log,
             pod,
             self._namespace,
             container=CONTAINER,
-            tail_lines=self._tail_lines,
+            background=True,
         )
         async with response:
             text: str = await response.text()
-        return text.rstrip("\n")
-
-    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """One API call through the rate limit, retried on 429, 5xx and broken connections.
-
-        Answers the raw response (2xx) for the caller to read and release.
-        """
-        what = getattr(method, "__name__", "request")
-        for attempt in range(self._max_retries + 1):
-            delay = min(self._max_delay, self._base_delay * 2**attempt)
-            await self._bucket.take()
-            try:
-                response = await method(*args, _preload_content=False, **kwargs)
-            except (aiohttp.ClientConnectionError, TimeoutError) as error:
-                problem = f"cannot reach the Kubernetes API: {error!r}"
-                failure: BaseException = error
-            else:
-                if 200 <= response.status < 300:
-                    return response
-                text = await response.text()
-                response.release()
-                message = api_message(text)
-                if response.status != 429 and response.status < 500:
-                    raise ApiError(response.status, response.reason or "", message)
-                delay = retry_after(response.headers) or delay
-                problem = f"the Kubernetes API answered {response.status}: {message}"
-                failure = ApiError(response.status, response.reason or "", message)
-            if attempt == self._max_retries:
-                raise TemporaryError(
-                    f"{what}: {problem} (tried {attempt + 1} times); check the API server"
-                    " and eventflow's network access to it",
-                    delay=delay,
-                ) from failure
-            log.warning("api call retried", call=what, problem=problem, delay=delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return text
 
     async def _connect(self) -> Any:
         if self._factory is not None:

@@ -1,17 +1,20 @@
 """batch/v1 Job manifests for step attempts: the pure core of the Kubernetes executor.
 
-`build_job` turns one `StepSpec` and the merged `JobOptions` into a Job as a plain JSON dict.
+`build_job` turns one `StepSpec` and the merged `JobOptions` into a Job as a plain JSON dict;
+`job_options` lays a merged `kubernetes:` block over the executor's own `JobOptions`.
 Its name and labels are deterministic: creating an attempt twice answers 409 (promise 2), and
 one label-selected watch sees every Job eventflow owns. `parse_termination_message` reads a
 step's outputs from its container's termination message, so no log is scraped for them.
 
 It does no I/O and imports no Kubernetes client: it does not create, watch or delete Jobs
-(executors/kubernetes.py does), and it does not merge installation, workflow and step
-defaults into `JobOptions` (its caller does).
+(executors/kubernetes.py does), and it does not merge the installation's, workflow's and
+step's `kubernetes:` blocks (resources/kubernetes.py `merge_options` does). The pod template
+patches themselves are applied by executors/patching.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventflow.errors import ConfigError
+from eventflow.executors.patching import named, plain, strategic_merge
 from eventflow.executors.protocol import OUTPUT_FILE_ENV, StepKey, StepSpec
 
 CONTAINER = "step"
@@ -39,10 +43,23 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _TAGGED = re.compile(r"(^|-)h[0-9a-f]{12}$")
 _C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The `kubernetes:` block's fields that map onto a JobOptions field as they are.
+_BLOCK_FIELDS = {
+    "serviceAccountName": "service_account",
+    "resources": "resources",
+    "nodeSelector": "node_selector",
+    "tolerations": "tolerations",
+    "affinity": "affinity",
+    "volumes": "volumes",
+    "volumeMounts": "volume_mounts",
+    "securityContext": "security_context",
+    "containerSecurityContext": "container_security_context",
+    "envFrom": "env_from",
+    "ttlSecondsAfterFinished": "ttl_seconds_after_finished",
+    "labels": "labels",
+    "annotations": "annotations",
+}
 _VALUE_SOURCES = frozenset({"configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef"})
-# Lists that Kubernetes' strategic merge merges entry by entry, and the field naming an entry.
-_BY_NAME = ("containers", "initContainers", "ephemeralContainers", "volumes", "env")
-_MERGE_KEYS = dict.fromkeys((*_BY_NAME, "imagePullSecrets"), "name") | {"volumeMounts": "mountPath"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +84,9 @@ class JobOptions:
     env_from: Sequence[Mapping[str, Any]] = ()
     env_refs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ttl_seconds_after_finished: int | None = None
-    pod_template_patch: Mapping[str, Any] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    pod_template_patches: Sequence[Mapping[str, Any]] = ()
     default_image: str | None = None
 
     def __post_init__(self) -> None:
@@ -79,15 +98,15 @@ class JobOptions:
         ttl = self.ttl_seconds_after_finished
         if ttl is not None and ttl < 0:
             raise ConfigError(
-                f"k8s.ttlSecondsAfterFinished: {ttl} is negative; write 0 or more seconds,"
+                f"kubernetes.ttlSecondsAfterFinished: {ttl} is negative; write 0 or more seconds,"
                 " or leave it out to keep finished Jobs"
             )
         for name, source in self.env_refs.items():
-            _check_env_name(name, f"k8s.envRefs.{name}")
+            _check_env_name(name, f"kubernetes.envRefs.{name}")
             kinds = list(source) if isinstance(source, Mapping) else []
             if len(kinds) != 1 or kinds[0] not in _VALUE_SOURCES:
                 raise ConfigError(
-                    f"k8s.envRefs.{name}: {source!r} is not a value source; write one of"
+                    f"kubernetes.envRefs.{name}: {source!r} is not a value source; write one of"
                     f" {', '.join(sorted(_VALUE_SOURCES))}, such as"
                     " {secretKeyRef: {name: db, key: password}}"
                 )
@@ -151,12 +170,16 @@ def build_job(step: StepSpec, options: JobOptions) -> dict[str, Any]:
             f"step {key}: no image; set `image` on the step, or a default image in the"
             " Kubernetes executor settings"
         )
-    # The step's labels and annotations come from eventflow, so their keys are valid.
+    # The step's labels and annotations come from eventflow, so their keys are valid; the
+    # options' were checked when loaded. eventflow's own win: the watch selects by them.
+    own = job_labels(key, step.labels.get(TRIGGER_LABEL))
     labels = {
+        **options.labels,
         **{name: label_value(value) for name, value in step.labels.items()},
-        **job_labels(key, step.labels.get(TRIGGER_LABEL)),
+        **own,
     }
     annotations = {
+        **options.annotations,
         **step.annotations,
         KEY_ANNOTATION: json.dumps([key.run_id, key.step, key.attempt]),
     }
@@ -189,10 +212,13 @@ def build_job(step: StepSpec, options: JobOptions) -> dict[str, Any]:
             securityContext=options.security_context,
         ),
     }
-    template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod}
-    if options.pod_template_patch is not None:
-        template = strategic_merge(template, options.pod_template_patch, "k8s.podTemplate")
-        _check_template(template, labels)
+    metadata = {"labels": dict(labels), **_present(annotations=options.annotations)}
+    template: dict[str, Any] = {"metadata": metadata, "spec": pod}
+    for index, patch in enumerate(options.pod_template_patches):
+        where = "kubernetes.podTemplate" + (f" (patch {index + 1})" if index else "")
+        template = strategic_merge(template, patch, where)
+    if options.pod_template_patches:
+        _check_template(template, own)
     spec = {
         "backoffLimit": 0,
         "template": template,
@@ -214,6 +240,29 @@ def build_job(step: StepSpec, options: JobOptions) -> dict[str, Any]:
     }
 
 
+def job_options(base: JobOptions, block: Mapping[str, Any]) -> JobOptions:
+    """`base` with a merged `kubernetes:` block (`merge_options`) laid over it: each field
+    the block sets replaces base's, its pod template patches follow base's."""
+    fields: dict[str, Any] = {}
+    for name, value in block.items():
+        if name == "podTemplate":
+            fields["pod_template_patches"] = (*base.pod_template_patches, *value)
+        elif name == "envRefs":
+            fields["env_refs"] = {variable: _value_from(ref) for variable, ref in value.items()}
+        elif name == "imagePullSecrets":
+            fields["image_pull_secrets"] = tuple(value)
+        else:
+            fields[_BLOCK_FIELDS[name]] = value
+    return dataclasses.replace(base, **fields)
+
+
+def _value_from(ref: Mapping[str, Any]) -> dict[str, Any]:
+    """{secret: db, key: pw} -> {secretKeyRef: {name: db, key: pw}}; same for configMap."""
+    kind = "secretKeyRef" if "secret" in ref else "configMapKeyRef"
+    source = {"name": ref.get("secret", ref.get("configMap")), "key": ref["key"]}
+    return {kind: source | ({"optional": ref["optional"]} if "optional" in ref else {})}
+
+
 def parse_termination_message(text: str) -> dict[str, Any] | None:
     """The outputs in a finished container's termination message, or None if it has none.
 
@@ -233,95 +282,22 @@ def parse_termination_message(text: str) -> dict[str, Any] | None:
     return None
 
 
-def strategic_merge(
-    target: Mapping[str, Any], patch: Mapping[str, Any], where: str
-) -> dict[str, Any]:
-    """`target` overlaid with `patch`, as `kubectl patch --type strategic` does in the
-    common cases.
-
-    Maps merge recursively and a null value removes its field; the lists in `_MERGE_KEYS`
-    (containers, volumes, env, ...) merge entry by entry, matched by name (volumeMounts by
-    mountPath); other lists are replaced. A map (or list entry) holding `$patch: delete` is
-    removed, one holding `$patch: replace` replaces its counterpart whole. `where` names the
-    patch in error messages. Neither argument is changed.
-    """
-    directive = _directive(patch, where)
-    if directive == "delete":
-        raise ConfigError(f"{where}.$patch: delete would remove it all; delete fields inside it")
-    return _merge_map({} if directive == "replace" else target, patch, where)
-
-
-def _merge_map(target: Mapping[str, Any], patch: Mapping[str, Any], where: str) -> dict[str, Any]:
-    merged = dict(target)
-    for name, value in patch.items():
-        path = f"{where}.{name}"
-        if name == "$patch":
-            continue
-        if value is None:
-            merged.pop(name, None)
-        elif isinstance(value, Mapping):
-            directive = _directive(value, path)
-            base = merged.pop(name, None)
-            if directive != "delete":
-                keep = isinstance(base, Mapping) and directive is None
-                merged[name] = _merge_map(base if keep else {}, value, path)
-        elif isinstance(value, list) and name in _MERGE_KEYS:
-            base = merged.get(name)
-            merged[name] = _merge_list(
-                base if isinstance(base, list) else [], value, _MERGE_KEYS[name], path
-            )
-        else:
-            merged[name] = _plain(value)
-    return merged
-
-
-def _merge_list(target: list[Any], patch: list[Any], key: str, where: str) -> list[Any]:
-    merged = list(target)
-    for index, entry in enumerate(patch):
-        path = f"{where}[{index}]"
-        if not isinstance(entry, Mapping) or not isinstance(entry.get(key), str):
-            raise ConfigError(
-                f"{path}: entries of this list are merged by {key!r}, so each needs one;"
-                f" got {entry!r}"
-            )
-        directive = _directive(entry, path)
-        found = [i for i, old in enumerate(merged) if _named(old, entry[key], key)]
-        base = merged[found[0]] if found and directive is None else {}
-        merged = [old for i, old in enumerate(merged) if i not in found[:1]]
-        if directive != "delete":
-            merged.insert(found[0] if found else len(merged), _merge_map(base, entry, path))
-    return merged
-
-
-def _named(entry: Any, name: str, key: str = "name") -> bool:
-    return isinstance(entry, Mapping) and entry.get(key) == name
-
-
-def _directive(patch: Mapping[str, Any], where: str) -> str | None:
-    directive = patch.get("$patch")
-    if directive is None or directive in {"delete", "replace"}:
-        return directive
-    raise ConfigError(
-        f"{where}.$patch: {directive!r} is not a directive eventflow knows; write delete or"
-        " replace, or leave $patch out to merge"
-    )
-
-
 def _check_template(template: Mapping[str, Any], labels: Mapping[str, str]) -> None:
     """Refuse a patched pod template that would break what eventflow relies on."""
     spec = template.get("spec")
     pod = spec if isinstance(spec, Mapping) else {}
     containers = pod.get("containers")
-    if not isinstance(containers, list) or not any(_named(c, CONTAINER) for c in containers):
+    if not isinstance(containers, list) or not any(named(c, CONTAINER) for c in containers):
         raise ConfigError(
-            f"k8s.podTemplate.spec.containers: the patch removes or renames the container"
+            f"kubernetes.podTemplate.spec.containers: the patch removes or renames the container"
             f" {CONTAINER!r}, which runs the step; patch it by name instead:"
             f" containers: [{{name: {CONTAINER}, ...}}]"
         )
     if pod.get("restartPolicy") != "Never":
         raise ConfigError(
-            f"k8s.podTemplate.spec.restartPolicy: {pod.get('restartPolicy')!r} is not accepted;"
-            " eventflow retries steps itself, so their pods restart Never; remove it"
+            "kubernetes.podTemplate.spec.restartPolicy:"
+            f" {pod.get('restartPolicy')!r} is not accepted; eventflow retries steps itself,"
+            " so their pods restart Never; remove it"
         )
     metadata = template.get("metadata")
     patched = metadata.get("labels") if isinstance(metadata, Mapping) else None
@@ -329,8 +305,9 @@ def _check_template(template: Mapping[str, Any], labels: Mapping[str, str]) -> N
     for name, value in labels.items():
         if actual.get(name) != value:
             raise ConfigError(
-                f"k8s.podTemplate.metadata.labels.{name}: {actual.get(name)!r} is not accepted;"
-                f" eventflow finds its pods by this label and sets it to {value!r}; remove it"
+                f"kubernetes.podTemplate.metadata.labels.{name}: {actual.get(name)!r} is not"
+                f" accepted; eventflow finds its pods by this label and sets it to {value!r};"
+                " remove it"
             )
 
 
@@ -341,7 +318,7 @@ def _env(step: StepSpec, options: JobOptions) -> list[dict[str, Any]]:
         if name in options.env_refs:
             raise ConfigError(
                 f"step {step.key}: env.{name} is set both as a value (env) and as a reference"
-                " (k8s.envRefs); keep one of them"
+                " (kubernetes.envRefs); keep one of them"
             )
     key = step.key
     values = {
@@ -351,7 +328,7 @@ def _env(step: StepSpec, options: JobOptions) -> list[dict[str, Any]]:
         "EVENTFLOW_STEP": key.step,
         "EVENTFLOW_ATTEMPT": str(key.attempt),
     }
-    refs = {name: {"valueFrom": _plain(source)} for name, source in options.env_refs.items()}
+    refs = {name: {"valueFrom": plain(source)} for name, source in options.env_refs.items()}
     entries = {**refs, **{name: {"value": value} for name, value in values.items()}}
     return [{"name": name, **entries[name]} for name in sorted(entries)]
 
@@ -388,13 +365,4 @@ def _shorten(prefix: str, tag: str) -> str:
 
 def _present(**fields: Any) -> dict[str, Any]:
     """The fields that are set, as JSON-ready copies; 0 is set, None and empty are not."""
-    return {name: _plain(value) for name, value in fields.items() if value or value == 0}
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy, so a manifest shares no mutable part with the options."""
-    if isinstance(value, Mapping):
-        return {name: _plain(item) for name, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+    return {name: plain(value) for name, value in fields.items() if value or value == 0}

@@ -42,6 +42,9 @@ class StepSpec:
     timeout_seconds: float | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # The `kubernetes:` blocks that apply, the workflow's then the step's, as written in YAML:
+    # the Kubernetes executor lays them over its installation defaults; others ignore them.
+    kubernetes: Sequence[Mapping[str, Any]] = ()
 
 
 class StepPhase(enum.StrEnum):

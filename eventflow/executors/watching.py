@@ -16,8 +16,9 @@ executor (executors/kubernetes.py) does, through the callbacks it gives `JobWatc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,9 @@ class ApiError(Exception):
 
 class TokenBucket:
     """The client-side rate limit every API call passes (client-go's limiter): at most
-    `burst` calls at once, refilled at `rate` per second."""
+    `burst` calls at once, refilled at `rate` per second. Calls are served in order, except
+    that a `background` call waits while an `urgent` one is under way: reading a finished
+    step's results must not hold back creating the next Job."""
 
     def __init__(self, rate: float, burst: int) -> None:
         if rate <= 0 or burst < 1:
@@ -64,8 +67,29 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp: float | None = None
         self._lock = asyncio.Lock()
+        self._urgent = 0  # calls not in the background, from their turn to their answer
+        self._no_urgent = asyncio.Event()
+        self._no_urgent.set()
 
-    async def take(self) -> None:
+    @contextlib.asynccontextmanager
+    async def urgent(self) -> AsyncIterator[None]:
+        """While inside (a create or delete, from its turn to its answer), background
+        takers wait."""
+        self._urgent += 1
+        self._no_urgent.clear()
+        try:
+            yield
+        finally:
+            self._urgent -= 1
+            if not self._urgent:
+                self._no_urgent.set()
+
+    async def take(self, background: bool = False) -> None:
+        while background and self._urgent:
+            await self._no_urgent.wait()
+        await self._take()
+
+    async def _take(self) -> None:
         # the lock queues callers in order, so a waiting call is not overtaken
         async with self._lock:
             loop = asyncio.get_running_loop()
@@ -78,6 +102,69 @@ class TokenBucket:
                 self._stamp = loop.time()
                 self._tokens = 1.0
             self._tokens -= 1
+
+
+class Caller:
+    """Runs API calls through the rate limit, retrying 429, 5xx and broken connections with
+    exponential backoff (or the Retry-After the server asks for)."""
+
+    def __init__(
+        self, bucket: TokenBucket, retries: int, base_delay: float, max_delay: float
+    ) -> None:
+        self._bucket = bucket
+        self._retries = retries
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+
+    async def __call__(
+        self, method: Callable[..., Any], *args: Any, background: bool = False, **kwargs: Any
+    ) -> Any:
+        """One API call through the rate limit, retried on 429, 5xx and broken connections;
+        a `background` call waits while any other is under way.
+
+        Answers the raw response (2xx) for the caller to read and release.
+        """
+        if background:
+            return await self._call(method, args, kwargs, background=True)
+        async with self._bucket.urgent():
+            return await self._call(method, args, kwargs, background=False)
+
+    async def _call(
+        self,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        background: bool,
+    ) -> Any:
+        what = getattr(method, "__name__", "request")
+        for attempt in range(self._retries + 1):
+            delay = min(self._max_delay, self._base_delay * 2**attempt)
+            await self._bucket.take(background)
+            try:
+                response = await method(*args, _preload_content=False, **kwargs)
+            except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                problem = f"cannot reach the Kubernetes API: {error!r}"
+                failure: BaseException = error
+            else:
+                if 200 <= response.status < 300:
+                    return response
+                text = await response.text()
+                response.release()
+                message = api_message(text)
+                if response.status != 429 and response.status < 500:
+                    raise ApiError(response.status, response.reason or "", message)
+                delay = retry_after(response.headers) or delay
+                problem = f"the Kubernetes API answered {response.status}: {message}"
+                failure = ApiError(response.status, response.reason or "", message)
+            if attempt == self._retries:
+                raise TemporaryError(
+                    f"{what}: {problem} (tried {attempt + 1} times); check the API server"
+                    " and eventflow's network access to it",
+                    delay=delay,
+                ) from failure
+            log.warning("api call retried", call=what, problem=problem, delay=delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def retry_after(headers: Any) -> float | None:

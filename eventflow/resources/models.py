@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from eventflow.resources.kubernetes import KubernetesOptions, layers
+
 API_VERSION = "eventflow.io/v1alpha1"
 
 # DNS-1123 label: what Kubernetes accepts as a name, so resources can become CRDs later.
@@ -169,6 +171,11 @@ class Step(Strict):
     when: str | None = Field(default=None, description="CEL; false skips the step")
     retries: Retries = Field(default_factory=Retries)
     timeout: Duration | None = None
+    kubernetes: KubernetesOptions = Field(
+        default_factory=KubernetesOptions,
+        description="how the step's Job looks on the Kubernetes executor, over the workflow's"
+        " block; the local executor ignores it",
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -186,6 +193,15 @@ class WorkflowSpec(Strict):
         " false runs every step whose dependencies succeeded",
     )
     steps: list[Step] = Field(min_length=1)
+    kubernetes: KubernetesOptions = Field(
+        default_factory=KubernetesOptions,
+        description="how every step's Job looks on the Kubernetes executor, over the"
+        " installation's defaults; the local executor ignores it",
+    )
+
+    def kubernetes_layers(self, step: Step) -> tuple[dict[str, Any], ...]:
+        """The `kubernetes:` blocks of `step`, the workflow's then its own, as layers."""
+        return layers(self.kubernetes, step.kubernetes)
 
 
 class WorkflowTemplate(Strict):

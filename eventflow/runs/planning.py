@@ -190,6 +190,7 @@ class RenderedStep:
     working_dir: str | None
     image: str | None
     timeout_seconds: float | None
+    kubernetes: tuple[Mapping[str, Any], ...] = ()  # the workflow's, then the step's block
 
 
 def _render(place: str, template: Template, context: Mapping[str, Any]) -> str:
@@ -214,6 +215,7 @@ def render_step(workflow: CompiledWorkflow, name: str, context: Mapping[str, Any
         else _render(*compiled.working_dir, context),
         image=compiled.step.image,
         timeout_seconds=compiled.step.timeout,
+        kubernetes=workflow.spec.kubernetes_layers(compiled.step),
     )
 
 

@@ -393,6 +393,7 @@ class RunController:
                     timeout_seconds=rendered.timeout_seconds,
                     labels=labels,
                     annotations={"eventflow.io/event-id": active.record.event_id},
+                    kubernetes=rendered.kubernetes,
                 )
             )
         return submits

@@ -22,6 +22,7 @@ from eventflow.executors.watching import (
     retry_after,
     verdict,
 )
+from eventflow.resources.kubernetes import KubernetesOptions
 from tests.k8s_emulator import KubeEmulator, running_emulator
 
 pytestmark = pytest.mark.timeout(20)
@@ -98,6 +99,102 @@ async def test_submit_creates_exactly_the_built_job(k8s: KubeEmulator, harness: 
     assert create.body["spec"]["ttlSecondsAfterFinished"] == 600
 
 
+DEFAULTS = KubernetesOptions.model_validate(
+    {
+        "serviceAccountName": "steps",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "labels": {"owner": "platform"},
+        "podTemplate": {"spec": {"containers": [{"name": "step", "stdin": False}]}},
+    }
+)
+WORKFLOW_BLOCK = {"nodeSelector": {"pool": "batch"}, "serviceAccountName": "etl"}
+STEP_BLOCK = {
+    "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}},
+    "envRefs": {"DB_PASSWORD": {"secret": "db", "key": "password"}},
+    "podTemplate": {"spec": {"priorityClassName": "batch"}},
+}
+
+
+async def test_job_body_carries_installation_workflow_and_step_blocks(k8s: KubeEmulator) -> None:
+    """The create request holds exactly the Job of the three merged `kubernetes:` blocks."""
+    running = Harness(k8s, defaults=DEFAULTS)
+    await running.executor.start()
+    await running.executor.submit(spec(kubernetes=(WORKFLOW_BLOCK, STEP_BLOCK)))
+    await running.executor.close()
+    [create] = k8s.calls("POST")
+    labels = {
+        "owner": "platform",
+        "app.kubernetes.io/managed-by": "eventflow",
+        "eventflow.io/run": "0190a1b2c3",
+        "eventflow.io/step": "extract",
+        "eventflow.io/attempt": "1",
+    }
+    assert create.body == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": NAME,
+            "namespace": "eventflow",
+            "labels": labels,
+            "annotations": {"eventflow.io/step-key": '["0190a1b2c3", "extract", 1]'},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": "etl",
+                    "nodeSelector": {"pool": "batch"},
+                    "priorityClassName": "batch",
+                    "containers": [
+                        {
+                            "name": "step",
+                            "image": "python:3.12",
+                            "command": ["python", "-m", "extract"],
+                            "env": [
+                                {
+                                    "name": "DB_PASSWORD",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": "db", "key": "password"}
+                                    },
+                                },
+                                {"name": "EVENTFLOW_ATTEMPT", "value": "1"},
+                                {"name": "EVENTFLOW_OUTPUT_FILE", "value": "/dev/termination-log"},
+                                {"name": "EVENTFLOW_RUN_ID", "value": "0190a1b2c3"},
+                                {"name": "EVENTFLOW_STEP", "value": "extract"},
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "500m", "memory": "128Mi"},
+                                "limits": {"memory": "1Gi"},
+                            },
+                            "stdin": False,
+                            "terminationMessagePath": "/dev/termination-log",
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def test_block_that_breaks_the_job_fails_the_step_and_creates_nothing(
+    k8s: KubeEmulator, harness: Harness
+) -> None:
+    """A patch renaming the step's container ends the attempt FAILED, saying why; no create."""
+    rename = {"podTemplate": {"spec": {"containers": [{"name": "step", "$patch": "delete"}]}}}
+    await harness.executor.submit(spec(kubernetes=(rename,)))
+    update = await harness.next()
+    assert (update.phase, update.reason) == (
+        StepPhase.FAILED,
+        "kubernetes.podTemplate.spec.containers: the patch removes or renames the container"
+        " 'step', which runs the step; patch it by name instead: containers: [{name: step, ...}]",
+    )
+    assert k8s.calls("POST") == []
+
+
 async def test_successful_job_reports_running_then_succeeded_with_outputs(
     k8s: KubeEmulator, harness: Harness
 ) -> None:
@@ -119,12 +216,14 @@ async def test_successful_job_reports_running_then_succeeded_with_outputs(
 async def test_each_step_costs_one_create_one_pod_list_one_log_read(
     k8s: KubeEmulator, harness: Harness
 ) -> None:
-    """Per step: one create, no GET of the Job, one pod list and one log read at the end."""
+    """Per step: one create, no GET of the Job, one pod list and one log read at the end,
+    which also serves the full log the run controller asks for next."""
     await harness.executor.submit(spec())
     await k8s.start(NAME)
     await harness.next()
-    await k8s.succeed(NAME)
+    await k8s.succeed(NAME, log="one\ntwo\n")
     await harness.next()
+    assert [line async for line in harness.executor.logs(KEY)] == ["one", "two"]
     methods = [(r.method, r.path) for r in k8s.requests if "watch" not in r.query]
     pod = next(iter(k8s.pods))
     assert methods == [
@@ -134,8 +233,22 @@ async def test_each_step_costs_one_create_one_pod_list_one_log_read(
         ("GET", f"/api/v1/namespaces/eventflow/pods/{pod}/log"),
     ]
     assert k8s.calls("GET", "/pods")[0].query == {"labelSelector": f"job-name={NAME}"}
-    assert k8s.calls("GET", "/log")[0].query == {"container": "step", "tailLines": "20"}
+    assert k8s.calls("GET", "/log")[0].query == {"container": "step"}
     assert len(watches(k8s)) == 1
+    assert k8s.verbs() == {"list": 1, "watch": 1, "create": 1, "list pods": 1, "read log": 1}
+
+
+async def test_log_tail_is_the_last_lines_of_the_one_log_read(k8s: KubeEmulator) -> None:
+    """The update's log tail is the last `log_tail_lines` lines of the log read at the end."""
+    running = Harness(k8s, log_tail_lines=2)
+    await running.executor.start()
+    await running.executor.submit(spec())
+    await k8s.succeed(NAME, log="a\nb\nc\n")
+    assert (await running.next()).phase is StepPhase.RUNNING
+    update = await running.next()
+    await running.executor.close()
+    assert update.log_tail == "b\nc"
+    assert len(k8s.calls("GET", "/log")) == 1
 
 
 async def test_one_watch_by_label_from_the_list_version_with_bookmarks(
@@ -592,3 +705,35 @@ def test_bad_rate_limit_is_refused(qps: float, burst: int) -> None:
     assert str(caught.value) == (
         f"k8s.qps/burst: {qps}/{burst} is not accepted; give qps > 0 and burst >= 1"
     )
+
+
+async def test_result_reads_yield_to_creates_under_way() -> None:
+    """A background call (reading a finished step) waits while a create is under way, even
+    between its turn and its answer, and while one waits for its turn."""
+    bucket = TokenBucket(200, 1)
+    await bucket.take()
+    order: list[str] = []
+    answered = asyncio.Event()
+
+    async def create(name: str) -> None:
+        async with bucket.urgent():
+            await bucket.take()
+            order.append(name)
+            if name == "create 1":
+                await answered.wait()  # its HTTP answer has not come yet
+
+    async def read() -> None:
+        await bucket.take(background=True)
+        order.append("read")
+
+    tasks = [asyncio.create_task(create("create 1"))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(read()))
+    tasks.append(asyncio.create_task(create("create 2")))
+    async with asyncio.timeout(2):
+        while len(order) < 2:
+            await asyncio.sleep(0.005)
+    assert order == ["create 1", "create 2"]
+    answered.set()
+    await asyncio.gather(*tasks)
+    assert order == ["create 1", "create 2", "read"]

@@ -19,8 +19,8 @@ from eventflow.executors.manifests import (
     job_name,
     label_value,
     parse_termination_message,
-    strategic_merge,
 )
+from eventflow.executors.patching import strategic_merge
 from eventflow.executors.protocol import StepKey, StepSpec
 
 RUN = "0190a1b2c3d4e5f60"
@@ -442,7 +442,7 @@ def test_env_ref_name_that_is_not_an_identifier_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         options(env_refs={"db-password": SECRET_REF})
     assert str(caught.value) == (
-        "k8s.envRefs.db-password: 'db-password' is not a variable name; write letters,"
+        "kubernetes.envRefs.db-password: 'db-password' is not a variable name; write letters,"
         " digits and '_', not starting with a digit, such as DATABASE_URL"
     )
 
@@ -456,7 +456,7 @@ def test_env_ref_that_is_not_a_value_source_is_refused(source: Any) -> None:
     with pytest.raises(ConfigError) as caught:
         options(env_refs={"DB": source})
     assert str(caught.value) == (
-        f"k8s.envRefs.DB: {source!r} is not a value source; write one of configMapKeyRef,"
+        f"kubernetes.envRefs.DB: {source!r} is not a value source; write one of configMapKeyRef,"
         " fieldRef, resourceFieldRef, secretKeyRef, such as"
         " {secretKeyRef: {name: db, key: password}}"
     )
@@ -468,7 +468,7 @@ def test_variable_set_as_value_and_reference_is_refused() -> None:
         build_job(step(env={"DB": "x"}), options(env_refs={"DB": SECRET_REF}))
     assert str(caught.value) == (
         f"step {RUN}/extract#1: env.DB is set both as a value (env) and as a reference"
-        " (k8s.envRefs); keep one of them"
+        " (kubernetes.envRefs); keep one of them"
     )
 
 
@@ -488,7 +488,7 @@ def test_negative_ttl_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         options(ttl_seconds_after_finished=-1)
     assert str(caught.value) == (
-        "k8s.ttlSecondsAfterFinished: -1 is negative; write 0 or more seconds, or leave it out"
+        "kubernetes.ttlSecondsAfterFinished: -1 is negative; write 0 or more seconds, or leave it out"
         " to keep finished Jobs"
     )
 
@@ -498,7 +498,7 @@ def test_negative_ttl_is_refused() -> None:
 
 def patched(patch: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """The pod spec of the minimal step's Job under `patch`."""
-    return pod_spec(build_job(step(), options(pod_template_patch=patch, **fields)))
+    return pod_spec(build_job(step(), options(pod_template_patches=[patch], **fields)))
 
 
 STEP_CONTAINER = pod_spec(build_job(step(), options()))["containers"][0]
@@ -613,7 +613,9 @@ def test_patch_adds_pod_annotations_and_keeps_eventflow_labels() -> None:
     """Pod metadata merges too: annotations and extra labels are added."""
     job = build_job(
         step(),
-        options(pod_template_patch={"metadata": {"annotations": {"a": "1"}, "labels": {"b": "2"}}}),
+        options(
+            pod_template_patches=[{"metadata": {"annotations": {"a": "1"}, "labels": {"b": "2"}}}]
+        ),
     )
     assert job["spec"]["template"]["metadata"] == {
         "labels": LABELS | {"b": "2"},
@@ -647,7 +649,7 @@ def test_patch_that_removes_or_renames_the_step_container_is_refused(
     with pytest.raises(ConfigError) as caught:
         patched(patch)
     assert str(caught.value) == (
-        "k8s.podTemplate.spec.containers: the patch removes or renames the container 'step',"
+        "kubernetes.podTemplate.spec.containers: the patch removes or renames the container 'step',"
         " which runs the step; patch it by name instead: containers: [{name: step, ...}]"
     )
 
@@ -657,7 +659,7 @@ def test_patch_that_changes_the_restart_policy_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         patched({"spec": {"restartPolicy": "OnFailure"}})
     assert str(caught.value) == (
-        "k8s.podTemplate.spec.restartPolicy: 'OnFailure' is not accepted; eventflow retries"
+        "kubernetes.podTemplate.spec.restartPolicy: 'OnFailure' is not accepted; eventflow retries"
         " steps itself, so their pods restart Never; remove it"
     )
 
@@ -667,7 +669,7 @@ def test_patch_that_changes_an_eventflow_label_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         patched({"metadata": {"labels": {"eventflow.io/run": "other"}}})
     assert str(caught.value) == (
-        "k8s.podTemplate.metadata.labels.eventflow.io/run: 'other' is not accepted; eventflow"
+        "kubernetes.podTemplate.metadata.labels.eventflow.io/run: 'other' is not accepted; eventflow"
         f" finds its pods by this label and sets it to '{RUN}'; remove it"
     )
 
@@ -677,7 +679,7 @@ def test_patch_entry_without_its_merge_key_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         patched({"spec": {"containers": [{"name": "step"}, {"image": "envoy"}]}})
     assert str(caught.value) == (
-        "k8s.podTemplate.spec.containers[1]: entries of this list are merged by 'name', so each"
+        "kubernetes.podTemplate.spec.containers[1]: entries of this list are merged by 'name', so each"
         " needs one; got {'image': 'envoy'}"
     )
 
@@ -687,7 +689,7 @@ def test_unknown_patch_directive_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         patched({"spec": {"affinity": {"$patch": "remove"}}})
     assert str(caught.value) == (
-        "k8s.podTemplate.spec.affinity.$patch: 'remove' is not a directive eventflow knows;"
+        "kubernetes.podTemplate.spec.affinity.$patch: 'remove' is not a directive eventflow knows;"
         " write delete or replace, or leave $patch out to merge"
     )
 
@@ -695,9 +697,9 @@ def test_unknown_patch_directive_is_refused() -> None:
 def test_deleting_the_whole_template_is_refused() -> None:
     """`$patch: delete` at the top would leave no pod at all."""
     with pytest.raises(ConfigError) as caught:
-        strategic_merge({"spec": {}}, {"$patch": "delete"}, "k8s.podTemplate")
+        strategic_merge({"spec": {}}, {"$patch": "delete"}, "kubernetes.podTemplate")
     assert str(caught.value) == (
-        "k8s.podTemplate.$patch: delete would remove it all; delete fields inside it"
+        "kubernetes.podTemplate.$patch: delete would remove it all; delete fields inside it"
     )
 
 
