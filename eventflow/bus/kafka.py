@@ -13,24 +13,29 @@ re-yield the event locally (attempt + 1) without holding back other events. Kafk
 delivery count, so `attempt` counts deliveries by this consumer: after a restart it starts
 again at 1.
 
-This module does not retry a failed publish (the sensor's source resends), keeps no dead
-letters (an undecodable payload is logged, counted and skipped), and does not decide what an
-event means.
+Dead letters: a record whose payload does not decode, and an event nak'ed or left unacked
+on its `max_deliver`-th delivery by one consumer, is copied to the dead-letter topic
+(kafka_dead_letters.py); its offset counts as settled only once the copy is stored.
+
+This module publishes and reads; a member's ledgers, committer and deliveries live in
+kafka_members.py. It does not retry a failed publish (the sensor's source resends) and does
+not decide what an event means.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
-from eventflow.bus.offsets import PartitionLedger
+from eventflow.bus.kafka_dead_letters import KafkaDeadLetters
+from eventflow.bus.kafka_members import KafkaDelivery, KafkaMember
+from eventflow.bus.protocol import DeadLetter
 from eventflow.errors import BusUnavailableError, ConfigError, InvalidEventError
 from eventflow.events import ReceivedEvent
 
@@ -42,156 +47,10 @@ STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
 # the bound on how late a nak(delay) comes back.
 _POLL_SECONDS = 0.1
 _DRAIN_POLL_SECONDS = 0.02
-_COMMIT_RETRY_SECONDS = 0.5
-
-
-class KafkaDelivery:
-    """One record handed to one consumer; ack and nak are safe to repeat."""
-
-    __slots__ = ("_attempt", "_event", "_ledger", "_offset", "_settled", "_sub", "_timer")
-
-    def __init__(
-        self,
-        event: ReceivedEvent,
-        attempt: int,
-        subscription: _Subscription,
-        ledger: PartitionLedger,
-        offset: int,
-    ) -> None:
-        self._event = event
-        self._attempt = attempt
-        self._sub = subscription
-        self._ledger = ledger
-        self._offset = offset
-        self._settled = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def event(self) -> ReceivedEvent:
-        return self._event
-
-    @property
-    def attempt(self) -> int:
-        return self._attempt
-
-    async def ack(self) -> None:
-        # An ack after ack_wait still counts: the event's effects are stored either way.
-        if self._timer is not None:
-            self._timer.cancel()
-        if not self._settled:
-            self._settled = True
-            self._ledger.settle(self._offset)
-            self._sub.commit_soon()
-
-    async def nak(self, delay: float = 0.0) -> None:
-        if not self._settled:
-            self._settled = True
-            self._retry(delay)
-
-    def _expire(self) -> None:
-        """No ack within ack_wait: hand the event out again, as if the consumer had died."""
-        if not self._settled:
-            self._settled = True
-            self._retry(0.0)
-
-    def _retry(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        again = KafkaDelivery(self._event, self._attempt + 1, self._sub, self._ledger, self._offset)
-        asyncio.get_running_loop().call_later(max(delay, 0.0), self._sub.redeliver, again)
-
-
-class _Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
-    """One member of a consumer group: its consumer, ledgers and background committer."""
-
-    def __init__(self, consumer: Any, group: str) -> None:
-        self.consumer = consumer
-        self.group = group
-        self.ledgers: dict[Any, PartitionLedger] = {}
-        self.due: deque[KafkaDelivery] = deque()
-        self.closed = False
-        self._dirty = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._committer: asyncio.Task[None] | None = None
-
-    def start_committer(self) -> None:
-        self._committer = asyncio.create_task(self._committing(), name=f"kafka-commit-{self.group}")
-
-    def current(self, delivery: KafkaDelivery) -> bool:
-        """False once the delivery's partition was revoked: its ack can commit nothing."""
-        return self.ledgers.get(delivery._ledger.tp) is delivery._ledger
-
-    def redeliver(self, delivery: KafkaDelivery) -> None:
-        if not self.closed and self.current(delivery):
-            self.due.append(delivery)
-
-    def commit_soon(self) -> None:
-        self._dirty.set()
-
-    def settled(self) -> bool:
-        return not any(ledger.unsettled or ledger.dirty() for ledger in self.ledgers.values())
-
-    async def commit(self) -> None:
-        """Commit every partition whose commit point moved; raises KafkaError."""
-        async with self._lock:
-            wanted = {
-                tp: ledger.commit_point() for tp, ledger in self.ledgers.items() if ledger.dirty()
-            }
-            if not wanted:
-                return
-            await self.consumer.commit(wanted)
-            for tp, point in wanted.items():
-                ledger = self.ledgers.get(tp)
-                if ledger is not None:
-                    ledger.committed = point
-
-    async def _committing(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self.commit()
-            except KafkaError as error:
-                log.warning("offset commit failed", group=self.group, error=repr(error))
-                self._dirty.set()
-                await asyncio.sleep(_COMMIT_RETRY_SECONDS)
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Commit what is acked while the partitions are still ours; the rest is read again
-        # by their next owner.
-        try:
-            async with asyncio.timeout(2.0):
-                await self.commit()
-        except (KafkaError, TimeoutError) as error:
-            log.warning(
-                "offset commit before rebalance failed", group=self.group, error=repr(error)
-            )
-        for tp in revoked:
-            self.ledgers.pop(tp, None)
-        log.info(
-            "partitions revoked", group=self.group, partitions=sorted(str(tp) for tp in revoked)
-        )
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        for tp in assigned:
-            self.ledgers[tp] = PartitionLedger(tp)
-        log.info(
-            "partitions assigned", group=self.group, partitions=sorted(str(tp) for tp in assigned)
-        )
-
-    async def stop(self) -> None:
-        """Commit what is acked, then leave the group; idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._committer is not None:
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
-        try:
-            await self.commit()
-        except KafkaError as error:
-            log.warning("offset commit at close failed", group=self.group, error=repr(error))
-        await self.consumer.stop()
+# The producer says nothing when its brokers go away: a metadata request this often tells
+# /readyz whether the bus reaches them.
+_PROBE_SECONDS = 1.0
+_PROBE_TIMEOUT_SECONDS = 2.0
 
 
 class KafkaBus:
@@ -214,8 +73,11 @@ class KafkaBus:
         session_timeout_seconds: float = 10.0,
         heartbeat_interval_seconds: float = 1.0,
         fetch_batch: int = 256,
+        max_deliver: int = 5,
+        dead_letter_topic: str | None = None,
     ) -> None:
         for name, value in (
+            ("max_deliver", max_deliver),
             ("partitions", partitions),
             ("replication_factor", replication_factor),
             ("max_in_flight", max_in_flight),
@@ -238,9 +100,15 @@ class KafkaBus:
         self._session_timeout_ms = int(session_timeout_seconds * 1000)
         self._heartbeat_ms = int(heartbeat_interval_seconds * 1000)
         self._fetch_batch = fetch_batch
+        self._max_deliver = max_deliver
+        self._dead = KafkaDeadLetters(
+            self._bootstrap, topic, dead_letter_topic or f"{topic}.dead-letters"
+        )
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._producer: Any = None
-        self._subscriptions: set[_Subscription] = set()
+        self._connected = False
+        self._prober: asyncio.Task[None] | None = None
+        self._subscriptions: set[KafkaMember] = set()
         self._undecodable = 0
 
     @property
@@ -261,7 +129,8 @@ class KafkaBus:
         )
         try:
             async with asyncio.timeout(self._connect_timeout):
-                await self._ensure_topic()
+                await self._ensure_topic(self._topic, self._partitions)
+                await self._ensure_topic(self._dead.topic, 1)
                 await producer.start()
         except (TimeoutError, OSError, KafkaConnectionError) as error:
             await producer.stop()
@@ -274,9 +143,20 @@ class KafkaBus:
                 " idempotent=False"
             ) from error
         self._producer = producer
+        self._connected = True
+        self._prober = asyncio.create_task(self._probing(producer), name="kafka-bus-probe")
+
+    @property
+    def connected(self) -> bool:
+        """Started, and the last metadata request reached a broker."""
+        return self._producer is not None and self._connected
 
     async def close(self) -> None:
         """Commit what is acked, leave the consumer groups, flush and stop the producer."""
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            prober.cancel()
+            await asyncio.gather(prober, return_exceptions=True)
         subscriptions, self._subscriptions = self._subscriptions, set()
         for subscription in subscriptions:
             await subscription.stop()
@@ -317,7 +197,13 @@ class KafkaBus:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_ms,
         )
-        subscription = _Subscription(consumer, group)
+        subscription = KafkaMember(
+            consumer,
+            group,
+            max_deliver=self._max_deliver,
+            key_of=self._key_of,
+            store_dead_letter=self._store_dead_letter,
+        )
         consumer.subscribe([self._topic], listener=subscription)
         try:
             await consumer.start()
@@ -346,9 +232,15 @@ class KafkaBus:
                             break  # revoked while we yielded: the next owner reads the rest
                         ledger.track(record.offset)
                         event = self._decode(record)
-                        if event is None:
-                            ledger.settle(record.offset)
-                            subscription.commit_soon()
+                        if isinstance(event, str):
+                            payload = record.value or b""
+                            subscription.dead_letter_soon(
+                                ledger,
+                                record.offset,
+                                payload=payload,
+                                key=record.key,
+                                reason=event,
+                            )
                             continue
                         yield self._handed_out(
                             KafkaDelivery(event, 1, subscription, ledger, record.offset)
@@ -369,11 +261,42 @@ class KafkaBus:
         except TimeoutError:
             return False
 
+    async def _probing(self, producer: Any) -> None:
+        while True:
+            await asyncio.sleep(_PROBE_SECONDS)
+            try:
+                async with asyncio.timeout(_PROBE_TIMEOUT_SECONDS):
+                    await producer.client.fetch_all_metadata()
+            except (KafkaError, TimeoutError, OSError) as error:
+                if self._connected:
+                    log.warning("bus disconnected", url=self._bootstrap, error=repr(error))
+                self._connected = False
+            else:
+                if not self._connected:
+                    log.info("bus reconnected", url=self._bootstrap)
+                self._connected = True
+
     def _handed_out(self, delivery: KafkaDelivery) -> KafkaDelivery:
         delivery._timer = asyncio.get_running_loop().call_later(self._ack_wait, delivery._expire)
         return delivery
 
-    def _decode(self, record: Any) -> ReceivedEvent | None:
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest `limit` dead letters not yet replayed."""
+        self._ready()
+        return await self._dead.list(limit)
+
+    async def replay_dead_letter(self, seq: int) -> None:
+        """Put dead letter `seq` (its offset in the dead-letter topic) back on the bus."""
+        await self._dead.replay(self._ready(), seq)
+
+    async def _store_dead_letter(
+        self, payload: bytes, key: bytes | None, source: bytes, reason: str
+    ) -> None:
+        async with asyncio.timeout(self._publish_timeout):
+            await self._dead.store(self._ready(), payload, key, source, reason)
+
+    def _decode(self, record: Any) -> ReceivedEvent | str:
+        """The event, or why the payload is none (the dead letter's reason)."""
         try:
             return ReceivedEvent.decode(record.value or b"")
         except InvalidEventError as error:
@@ -386,7 +309,7 @@ class KafkaBus:
                 error=str(error),
                 skipped=self._undecodable,
             )
-            return None
+            return f"undecodable payload: {error}"
 
     def _key_of(self, event: ReceivedEvent) -> bytes:
         if self._key == "id":
@@ -409,32 +332,32 @@ class KafkaBus:
             " check that the broker runs and that bus.url points at it"
         )
 
-    async def _ensure_topic(self) -> None:
+    async def _ensure_topic(self, topic: str, partitions: int) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
         try:
             await admin.start()
             try:
                 response = await admin.create_topics(
-                    [NewTopic(self._topic, self._partitions, self._replication)]
+                    [NewTopic(topic, partitions, self._replication)]
                 )
                 code = response.topic_errors[0][1]
                 if code:
                     raise for_code(code)(response.topic_errors[0][2])
-                log.info("topic created", topic=self._topic, partitions=self._partitions)
+                log.info("topic created", topic=topic, partitions=partitions)
             except TopicAlreadyExistsError:
-                [described] = await admin.describe_topics([self._topic])
+                [described] = await admin.describe_topics([topic])
                 # Kafka cannot shrink a topic, and growing it moves keys between partitions:
                 # an operator's choice, not something to do behind their back.
-                if len(described["partitions"]) != self._partitions:
+                if len(described["partitions"]) != partitions:
                     log.warning(
                         "topic partitions differ",
-                        topic=self._topic,
+                        topic=topic,
                         found=len(described["partitions"]),
-                        configured=self._partitions,
+                        configured=partitions,
                     )
             except KafkaError as error:
                 raise ConfigError(
-                    f"bus: topic {self._topic!r} could not be created with {self._partitions}"
+                    f"bus: topic {topic!r} could not be created with {partitions}"
                     f" partitions and replication factor {self._replication} ({error!r});"
                     " check the bus topic settings against the brokers and their ACLs"
                 ) from error

@@ -90,6 +90,11 @@ class MemoryBus:
     async def close(self) -> None:
         self._closed = True
 
+    @property
+    def connected(self) -> bool:
+        """In-process: always reachable while not closed."""
+        return not self._closed
+
     async def publish(self, event: ReceivedEvent) -> None:
         if self._closed:
             raise BusUnavailableError("the bus is stopping; send the event again shortly")

@@ -11,7 +11,8 @@ then terminated; if the copy fails it is nak'ed and comes back. A server-side li
 instead drop it silently, also when the last attempt timed out because a replica died.
 
 This module does not retry a failed publish (the sensor answers 503 and its source resends)
-and does not decide what an event means; it does not reconnect at start (see `start`).
+and does not decide what an event means; it does not retry a failed `start`: the service
+does (eventflow/bus/connecting.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client
@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from eventflow.bus.protocol import DeadLetter
 from eventflow.errors import BusUnavailableError, ConfigError, InvalidEventError, PermanentError
 from eventflow.events import ReceivedEvent
 
@@ -40,16 +41,6 @@ SUBJECT_HEADER = "Eventflow-Dead-Subject"
 _DRAIN_POLL_SECONDS = 0.05
 _IDLE_PULL_SECONDS = 5.0
 _BATCH_PULL_SECONDS = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message the engine could not take: where it was, why it left, and its bytes."""
-
-    seq: int  # in the dead-letter stream: what `replay_dead_letter` takes
-    subject: str  # where it was on the bus, where a replay puts it back
-    reason: str
-    payload: bytes
 
 
 class NatsDelivery:
@@ -153,6 +144,9 @@ class NatsBus:
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
+        except asyncio.CancelledError:
+            await nc.close()  # the service stopped while the broker was down
+            raise
         except (TimeoutError, OSError, NatsError) as error:
             await nc.close()
             raise BusUnavailableError(
@@ -185,16 +179,31 @@ class NatsBus:
             log.warning("bus close incomplete", url=self._url, error=repr(error))
             await nc.close()
 
+    @property
+    def connected(self) -> bool:
+        """Started, and the client holds a live connection (it reconnects by itself)."""
+        return self._js is not None and self._nc is not None and self._nc.is_connected
+
     async def publish(self, event: ReceivedEvent) -> None:
         js = self._ready()
+        if not self.connected:
+            # Refused at once: a publish buffered during a reconnect would hold the sender
+            # for the whole publish timeout and then fail anyway.
+            raise BusUnavailableError(
+                f"NATS at {self._url} is unreachable, reconnecting; send the event again shortly"
+            )
         subject = f"{self._prefix}.{event.sensor}"
         headers = {"Nats-Msg-Id": f"{event.sensor}:{event.id}"}
-        timeout = self._publish_timeout
         try:
-            pending = await js.publish_async(
-                subject, event.encode(), wait_stall=timeout, stream=self._stream, headers=headers
-            )
-            await asyncio.wait_for(pending, timeout)
+            # One deadline over both waits: a slot in the in-flight window, then the PubAck.
+            # Concurrent publishes share the window, so the client sends them back to back
+            # and their acks return together. On timeout the pending ack future is cancelled,
+            # which gives its slot back.
+            async with asyncio.timeout(self._publish_timeout):
+                pending = await js.publish_async(
+                    subject, event.encode(), stream=self._stream, headers=headers
+                )
+                await pending
         except (TimeoutError, NatsError) as error:
             raise BusUnavailableError(
                 f"NATS at {self._url} did not store the event on {subject!r} in stream"
@@ -246,6 +255,8 @@ class NatsBus:
                 )
             except NotFoundError:
                 return letters
+            except (TimeoutError, NatsError) as error:
+                raise self._dead_letters_unavailable(error) from error
             seq = raw.seq or seq
             headers = raw.headers or {}
             subject, reason = headers.get(SUBJECT_HEADER, ""), headers.get(REASON_HEADER, "")
@@ -263,12 +274,23 @@ class NatsBus:
                 f"dead letter {seq} is not in stream {self._dead_stream!r};"
                 " list_dead_letters() shows the ones there"
             ) from error
+        except (TimeoutError, NatsError) as error:
+            raise self._dead_letters_unavailable(error) from error
         subject = (raw.headers or {}).get(SUBJECT_HEADER, "")
         # The id ties the replay to this dead letter: replaying twice stores it once.
         headers = {"Nats-Msg-Id": f"{self._dead_stream}:{seq}"}
-        await js.publish(subject, raw.data or b"", stream=self._stream, headers=headers)
-        await js.delete_msg(self._dead_stream, seq)
+        try:
+            await js.publish(subject, raw.data or b"", stream=self._stream, headers=headers)
+            await js.delete_msg(self._dead_stream, seq)
+        except (TimeoutError, NatsError) as error:
+            raise self._dead_letters_unavailable(error) from error
         log.info("dead letter replayed", seq=seq, subject=subject)
+
+    def _dead_letters_unavailable(self, error: Exception) -> BusUnavailableError:
+        return BusUnavailableError(
+            f"NATS at {self._url} did not answer for the dead-letter stream"
+            f" {self._dead_stream!r} ({error!r}); try again once the bus is ready (/readyz)"
+        )
 
     def _ready(self) -> JetStreamContext:
         if self._js is None or self._closed:

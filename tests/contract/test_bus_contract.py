@@ -177,3 +177,10 @@ async def test_publish_after_close_raises_bus_unavailable(bus: EventBus) -> None
     else:
         expected = CLOSED_MESSAGES[type(bus)]
     assert str(raised.value) == expected
+
+
+async def test_started_bus_is_connected_and_a_closed_one_is_not(bus: EventBus) -> None:
+    """`connected` (what /readyz reports) is True once started, False after close()."""
+    assert bus.connected is True
+    await bus.close()
+    assert bus.connected is False

@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from eventflow.bus.kafka import KafkaBus
-from eventflow.bus.protocol import Delivery
-from eventflow.errors import BusUnavailableError, ConfigError
+from eventflow.bus.protocol import DeadLetter, Delivery
+from eventflow.errors import BusUnavailableError, ConfigError, PermanentError
 from tests.contract.conftest import make_event, pumps_on
 from tests.kafka_broker import (
     Broker,
@@ -178,13 +178,24 @@ async def test_two_consumers_of_one_group_share_the_partitions_and_see_each_even
 
 
 @pytest.mark.parametrize(
-    "payload",
-    [b"not json", b"[1, 2]", b'{"id": "x"}', b""],
+    ("payload", "reason"),
+    [
+        (
+            b"not json",
+            "undecodable payload: bus payload is not JSON: Expecting value: line 1 column 1 (char 0)",
+        ),
+        (b"[1, 2]", "undecodable payload: bus payload is not a JSON object"),
+        (b'{"id": "x"}', "undecodable payload: bus payload lacks eventflow's arrival stamp"),
+        (
+            b"",
+            "undecodable payload: bus payload is not JSON: Expecting value: line 1 column 1 (char 0)",
+        ),
+    ],
 )
-async def test_undecodable_payload_is_skipped_counted_and_its_offset_committed(
-    kafka_broker: Broker, payload: bytes
+async def test_undecodable_payload_is_dead_lettered_counted_and_its_offset_committed(
+    kafka_broker: Broker, payload: bytes, reason: str
 ) -> None:
-    """A record that is no eventflow event is counted and passed over; the next one flows."""
+    """A record that is no eventflow event goes to the dead letters, counted; the next flows."""
     async with isolated_kafka_bus(kafka_broker, partitions=1) as bus, pumps_on(bus) as subscribe:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
         await producer.start()
@@ -199,6 +210,49 @@ async def test_undecodable_payload_is_skipped_counted_and_its_offset_committed(
         await delivery.ack()
         assert bus.undecodable_count == 1
         assert await bus.drain(2.0) is True
+        assert await bus.list_dead_letters() == [
+            DeadLetter(seq=0, subject=bus._topic, reason=reason, payload=payload)
+        ]
+
+
+async def test_event_naked_max_deliver_times_is_dead_lettered_and_replayed_once(
+    kafka_broker: Broker,
+) -> None:
+    """After max_deliver naks the event leaves for the dead-letter topic; a replay delivers it
+    again as attempt 1 and removes it; a second replay says it is not there."""
+    async with (
+        isolated_kafka_bus(kafka_broker, partitions=1, max_deliver=2) as bus,
+        pumps_on(bus) as subscribe,
+    ):
+        pump = await subscribe(unique_name("engine"))
+        await bus.publish(make_event(1))
+        for attempt in (1, 2):
+            delivery = await pump.next(JOIN_SECONDS)
+            assert delivery.attempt == attempt
+            await delivery.nak()
+        async with asyncio.timeout(5):
+            while not await bus.list_dead_letters():
+                await asyncio.sleep(0.05)
+        assert await bus.list_dead_letters() == [
+            DeadLetter(
+                seq=0,
+                subject=bus._topic,
+                reason="not acknowledged after 2 attempts",
+                payload=make_event(1).encode(),
+            )
+        ]
+        assert await bus.drain(2.0) is True
+        await bus.replay_dead_letter(0)
+        replayed = await pump.next(JOIN_SECONDS)
+        assert (replayed.event, replayed.attempt) == (make_event(1), 1)
+        await replayed.ack()
+        assert await bus.list_dead_letters() == []
+        with pytest.raises(PermanentError) as raised:
+            await bus.replay_dead_letter(0)
+        assert str(raised.value) == (
+            f"dead letter 0 is not in topic '{bus._topic}.dead-letters' (or was replayed);"
+            " list_dead_letters() shows the ones there"
+        )
 
 
 async def test_publish_raises_bus_unavailable_soon_after_the_broker_dies() -> None:

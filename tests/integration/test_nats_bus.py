@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from eventflow.bus.nats import DeadLetter, NatsBus
+from eventflow.bus.nats import NatsBus
+from eventflow.bus.protocol import DeadLetter
 from eventflow.errors import BusUnavailableError, ConfigError, PermanentError
 from tests.contract.conftest import (
     PumpFactory,
