@@ -3,11 +3,14 @@
 Webhook intake is the hot path, so no framework work sits between the socket and the
 sensor: the body is read raw (the bytes a signature covers), refused as soon as it passes
 the sensor's limit (413), and handed to the sensor, which answers only after the bus took the
-event. Every answer is JSON; an error is `{"error": "..."}`.
+event. The listener's own limits come first (`api.*` settings): requests in progress at once
+(503 with Retry-After), header bytes (431), and the time a body may take to arrive (408, so a
+slow sender cannot hold a slot). Every answer is JSON; an error is `{"error": "..."}`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -16,6 +19,7 @@ from urllib.parse import parse_qsl
 from eventflow.api.responses import BodyTooLargeError
 from eventflow.sensing.protocol import HttpReply, HttpRequest
 from eventflow.service import Service
+from eventflow.settings import ApiSettings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,8 +30,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PREFIX = "/webhooks/"
 
 
+class SenderGoneError(Exception):
+    """The sender hung up before its body was complete."""
+
+
 async def read_limited(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The whole body, refused once it passes `limit` bytes (declared or as it streams)."""
+    """The whole body, refused once it passes `limit` bytes (declared or as it streams).
+
+    SenderGoneError when the sender disconnects first: a partial body must not be taken for
+    a whole one, as `{"a": 1}` cut from `{"a": 1, "b": 2}` would be."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(limit)
     chunks: list[bytes] = []
@@ -35,7 +46,7 @@ async def read_limited(receive: Receive, declared: str | None, limit: int) -> by
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise SenderGoneError
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -74,16 +85,48 @@ def refuse(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return HttpReply(status, {"error": message}, dict(headers or {}))
 
 
+def header_bytes(scope: Scope) -> int:
+    """The size of the request's header names and values, as received."""
+    return sum(len(name) + len(value) for name, value in scope["headers"])
+
+
 def with_webhooks(service: Service, rest: ASGIApp) -> ASGIApp:
     """An ASGI app that serves /webhooks/ itself and passes everything else to `rest`."""
+    in_progress = 0
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal in_progress
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
             await rest(scope, receive, send)
             return
-        await answer(send, await handle(scope, receive))
+        # Read per request, so that a reload of the settings applies to the next one.
+        limits = service.settings.api
+        if in_progress >= limits.max_concurrent_requests:
+            await answer(send, busy(limits))
+            return
+        in_progress += 1
+        try:
+            await answer(send, await handle(scope, receive, limits))
+        except SenderGoneError:
+            return  # nobody to answer, and a cut body is never parsed
+        finally:
+            in_progress -= 1
 
-    async def handle(scope: Scope, receive: Receive) -> HttpReply:
+    def busy(limits: ApiSettings) -> HttpReply:
+        return refuse(
+            503,
+            f"{limits.max_concurrent_requests} webhook requests are in progress, the"
+            " api.max_concurrent_requests limit; send the delivery again",
+            {"Retry-After": "1"},
+        )
+
+    async def handle(scope: Scope, receive: Receive, limits: ApiSettings) -> HttpReply:
+        if header_bytes(scope) > limits.max_header_bytes:
+            return refuse(
+                431,
+                f"request headers are larger than {limits.max_header_bytes} bytes, the"
+                " api.max_header_bytes limit",
+            )
         path = scope["path"][len(PREFIX) :].strip("/")
         sensor = service.http_sensor(path)
         if sensor is None:
@@ -92,9 +135,18 @@ def with_webhooks(service: Service, rest: ASGIApp) -> ASGIApp:
             return refuse(503, "eventflow is stopping; send the event again", {"Retry-After": "1"})
         headers = headers_of(scope)
         try:
-            body = await read_limited(receive, headers.get("content-length"), sensor.max_body_bytes)
+            async with asyncio.timeout(limits.request_timeout_seconds):
+                body = await read_limited(
+                    receive, headers.get("content-length"), sensor.max_body_bytes
+                )
         except BodyTooLargeError as error:
             return refuse(413, str(error))
+        except TimeoutError:
+            return refuse(
+                408,
+                f"the body did not arrive within {limits.request_timeout_seconds:g} seconds,"
+                " the api.request_timeout_seconds limit; send it again",
+            )
         request = HttpRequest(
             method=scope["method"],
             path=path,

@@ -1,7 +1,8 @@
 """Secrets sensors read at run time (webhook keys, broker passwords): where, and how.
 
 A Sensor document names where a secret lives (`SecretSource`: an environment variable or a
-file), never the secret itself.
+file), never the secret itself; only `eventflow serve --dev` (`INLINE_ALLOWED`) accepts
+`{value: ...}`, for trying things out on a laptop.
 
 A secret that cannot be read (variable unset, file missing, either empty) is a run-time
 condition, not a configuration error: a Kubernetes Secret may be mounted after the pod starts,
@@ -16,16 +17,19 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from eventflow.resources.models import Strict
 
 REFRESH_SECONDS = 30.0
+INLINE_ALLOWED: ContextVar[bool] = ContextVar("eventflow_inline_secrets", default=False)
+"""Set by `eventflow serve --dev` alone: `{value: ...}` secrets validate while it is true."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -40,12 +44,16 @@ class SecretSource(Strict):
         " is dropped",
     )
 
+    value: SecretStr | None = Field(
+        default=None, description="the secret itself; accepted only by `eventflow serve --dev`"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _not_inline(cls, value: Any) -> Any:
         # The value itself is never echoed: the message may end up in CI logs.
         if isinstance(value, str | bytes | int | float) or (
-            isinstance(value, dict) and "value" in value
+            isinstance(value, dict) and "value" in value and not INLINE_ALLOWED.get()
         ):
             raise ValueError(
                 "an inline secret is not accepted: YAML ends up in git; use {env: NAME} for an"
@@ -65,7 +73,7 @@ class SecretSource(Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.env is None) == (self.file is None):
+        if [self.env, self.file, self.value].count(None) != 2:
             raise ValueError(
                 "a secret is read from exactly one place; give env: NAME or file: /path"
             )
@@ -73,6 +81,8 @@ class SecretSource(Strict):
 
     def describe(self) -> str:
         """How logs name the secret: its variable or its file, never its value."""
+        if self.value is not None:
+            return "the inline value (serve --dev)"
         return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
 
 
@@ -93,7 +103,9 @@ class SecretRead:
 def read_secret(source: SecretSource, environ: Mapping[str, str]) -> bytes | str:
     """The secret's bytes, or a sentence saying why it cannot be read (never the value)."""
     where = source.describe()
-    if source.env is not None:
+    if source.value is not None:
+        value = source.value.get_secret_value().encode("utf-8", "surrogatepass")
+    elif source.env is not None:
         text = environ.get(source.env)
         if text is None:
             return f"{where} is not set"

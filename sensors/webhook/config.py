@@ -11,6 +11,7 @@ a request into events `normalizing.py`'s.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Self
 
@@ -21,32 +22,26 @@ from pydantic import (
 )
 
 from eventflow.expressions import Template, compile_template
-from eventflow.resources.models import Strict
+from eventflow.resources.models import Strict, parse_duration
 from eventflow.sensing.secrets import SecretSource
 from eventflow.sensing.templating import TemplateOver
 from sensors.webhook.auth import Algorithm, Encoding, HmacScheme
+from sensors.webhook.headers import ALWAYS_SECRET, PRESET_KEPT, PRESET_SECRET, kept_extensions
 
-# What `event.*` templates may refer to, per request:
-#   headers: map of lower-cased header names to values; query: map of query parameters;
-#   body: the parsed JSON body; path: the part after /webhooks/; method: POST, PUT or PATCH.
+# What `event.*` and `dedupe.deliveryId` templates may refer to, per request:
+#   headers: map of lower-cased header names to values, credential headers left out;
+#   query: map of query parameters; body: the parsed JSON or form body;
+#   path: the part after /webhooks/; method: POST, PUT or PATCH.
 WEBHOOK_VARIABLES = frozenset({"headers", "query", "body", "path", "method"})
 
 DEFAULT_TYPE = "eventflow.webhook"
 DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_DEDUPE_WINDOW_SECONDS = 86_400.0
 Method = Literal["POST", "PUT", "PATCH"]
 _PATH_CHARACTERS = re.compile(r"^[A-Za-z0-9._~/-]+$")
 Preset = Literal["github", "gitlab", "bitbucket", "stripe", "slack"]
 _TIMED_PRESETS = ("stripe", "slack")
 _KINDS = ("preset", "hmac", "bearer", "basic")
-# Headers that carry a credential or a value derived from one: they never reach an event.
-_PRESET_HEADERS: dict[str, tuple[str, ...]] = {
-    # GitHub also sends the legacy SHA-1 signature of the same secret.
-    "github": ("x-hub-signature-256", "x-hub-signature"),
-    "gitlab": ("x-gitlab-token",),
-    "bitbucket": ("x-hub-signature",),
-    "stripe": ("stripe-signature",),
-    "slack": ("x-slack-signature",),
-}
 
 
 WebhookTemplate = Annotated[
@@ -191,6 +186,42 @@ class AuthConfig(Strict):
         return list(self.secrets)
 
 
+class DedupeConfig(Strict):
+    """`spec.webhook.dedupe`: a redelivery of a delivery id seen within `window` is not
+    published again; it is answered 200 with the first delivery's event id."""
+
+    enabled: bool = Field(default=True, description="false turns deduplication off")
+    deliveryId: WebhookTemplate | None = Field(
+        default=None,
+        description="the delivery id of a JSON or form request; default per preset: GitHub"
+        " X-GitHub-Delivery, GitLab X-Gitlab-Event-UUID, Stripe the event id in the body;"
+        " CloudEvents requests are always keyed by source and id",
+    )
+    window: float = Field(
+        default=DEFAULT_DEDUPE_WINDOW_SECONDS,
+        gt=0,
+        description="seconds a delivery id is remembered, e.g. 24h (the default) or 30m",
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class RateLimitConfig(Strict):
+    """`spec.webhook.rateLimit`: a token bucket; a delivery over it is answered 429."""
+
+    perSecond: float = Field(gt=0, allow_inf_nan=False, description="deliveries per second")
+    burst: int | None = Field(
+        default=None, ge=1, description="deliveries at once (default perSecond, rounded up)"
+    )
+
+    @property
+    def bucket_size(self) -> int:
+        return self.burst if self.burst is not None else max(1, math.ceil(self.perSecond))
+
+
 class WebhookConfig(Strict):
     """`spec.webhook`: one HTTP endpoint under /webhooks/."""
 
@@ -209,6 +240,36 @@ class WebhookConfig(Strict):
     auth: AuthConfig | None = Field(
         default=None, description="how deliveries are authenticated (default: not at all)"
     )
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    rateLimit: RateLimitConfig | None = Field(
+        default=None, description="deliveries per second this endpoint takes (default no limit)"
+    )
+    headers: list[str] | None = Field(
+        default=None,
+        description="request headers the event keeps, as extensions named without the dashes"
+        " (x-github-event -> xgithubevent); default per preset, none without one",
+    )
+
+    @model_validator(mode="after")
+    def _kept_headers(self) -> Self:
+        kept_extensions(self.kept_header_names, self.credential_headers)
+        return self
+
+    @property
+    def preset(self) -> str | None:
+        return None if self.auth is None else self.auth.preset
+
+    @property
+    def kept_header_names(self) -> list[str]:
+        """The allow-list as given, or the preset's default."""
+        if self.headers is not None:
+            return list(self.headers)
+        return list(PRESET_KEPT.get(self.preset or "", ()))
+
+    @property
+    def kept_headers(self) -> dict[str, str]:
+        """Lower-cased header name -> the extension it becomes on the event."""
+        return kept_extensions(self.kept_header_names, self.credential_headers)
 
     @field_validator("path")
     @classmethod
@@ -238,9 +299,9 @@ class WebhookConfig(Strict):
     @property
     def credential_headers(self) -> frozenset[str]:
         """Lower-cased names of the headers that carry a credential; they never reach an event."""
-        names = {"authorization"}
+        names = set(ALWAYS_SECRET)
         if self.auth is not None and self.auth.preset is not None:
-            names.update(_PRESET_HEADERS[self.auth.preset])
+            names.update(PRESET_SECRET[self.auth.preset])
         if self.auth is not None and self.auth.hmac is not None:
             names.add(self.auth.hmac.header.lower())
         return frozenset(names)

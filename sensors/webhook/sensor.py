@@ -1,26 +1,28 @@
 """The webhook sensor: answers the requests eventflow's HTTP listener routes to its path.
 
-It checks the method and the body size, authenticates the delivery on its exact raw body
-(401 when it fails, 503 while a configured secret cannot be read: never an open door), drops
-the credential headers, lets `normalizing.py` turn the request into events, and answers 202
-only after `emit` returned for every one of them, that is once the bus holds them (promise 1:
-nothing is acknowledged that the bus did not take). It does not listen on a socket or parse
-HTTP: the listener owns the connection; `auth.py` holds the checks, `secrets.py` the reading.
+It checks the method (405) and the body size (413), authenticates the delivery on its exact
+raw body (401 when it fails, 503 while a configured secret cannot be read: never an open door),
+applies the endpoint's rate limit (429, after authentication so that strangers cannot use up a
+provider's budget), drops the credential headers, lets `normalizing.py` turn the request into
+events, skips the redeliveries `deduplicating.py` has seen (200 with the first event's id), and
+answers 202 only after `emit` returned for every other one, that is once the bus holds them
+(promise 1: nothing is acknowledged that the bus did not take; 503 when it cannot). It does not
+listen on a socket or parse HTTP: the listener owns the connection; `auth.py` holds the checks,
+`secrets.py` the reading.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import structlog
 
 from eventflow.errors import BusUnavailableError
-from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest
+from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest, SensorState
 from eventflow.sensing.secrets import REFRESH_SECONDS, SecretCache, SecretRead
+from eventflow.sensing.state import MemorySensorState
 from sensors.webhook.auth import (
     DEFAULT_TOLERANCE_SECONDS,
     PRESETS,
@@ -32,12 +34,17 @@ from sensors.webhook.auth import (
     verify_stripe,
 )
 from sensors.webhook.config import AuthConfig, WebhookConfig
-from sensors.webhook.normalizing import RequestError, is_batch, normalize
+from sensors.webhook.deduplicating import DeliveryLedger
+from sensors.webhook.headers import without_secrets
+from sensors.webhook.limiting import TokenBucket, retry_after
+from sensors.webhook.normalizing import Delivery, RequestError, deliveries, is_batch
 
 log = structlog.get_logger()
 
 
 UNAVAILABLE = "webhook secret not available; send the delivery again later"
+PURGE_SECONDS = 3600.0
+"""How often the sensor drops the delivery keys whose dedupe window has passed."""
 
 
 def _utc_now() -> datetime:
@@ -75,12 +82,27 @@ class WebhookSensor:
     """One webhook endpoint, /webhooks/<config.path>."""
 
     def __init__(
-        self, name: str, config: WebhookConfig, clock: Callable[[], datetime] = _utc_now
+        self,
+        name: str,
+        config: WebhookConfig,
+        clock: Callable[[], datetime] = _utc_now,
+        state: SensorState | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self._clock = clock
         self._secrets = None if config.auth is None else SecretCache(config.auth.sources, clock())
+        self._kept = config.kept_headers
+        self._secret_headers = config.credential_headers
+        self._ledger = DeliveryLedger(
+            name, MemorySensorState(clock) if state is None else state, config.dedupe.window
+        )
+        limit = config.rateLimit
+        self._bucket = (
+            None
+            if limit is None
+            else TokenBucket(limit.perSecond, limit.bucket_size, clock().timestamp())
+        )
 
     @property
     def path(self) -> str:
@@ -91,8 +113,14 @@ class WebhookSensor:
         return self.config.maxBodyBytes
 
     async def run(self, emit: Emit) -> None:
-        """Requests arrive through `handle`; there is nothing to pull, so wait until cancelled."""
-        await asyncio.Event().wait()
+        """Requests arrive through `handle`; until cancelled, drop expired delivery keys."""
+        try:
+            while True:
+                await self._ledger.purge(self._clock())
+                await asyncio.sleep(PURGE_SECONDS)
+        finally:
+            # Stopping: what was published is remembered before the store closes.
+            await self._ledger.flush()
 
     async def handle(self, request: HttpRequest, emit: Emit) -> HttpReply:
         method = request.method.upper()
@@ -111,36 +139,71 @@ class WebhookSensor:
                 f" sensor {self.name}",
             )
         now = self._clock()
-        refusal = self._authenticate(request, now)
+        refusal = self._authenticate(request, now) or self._limit(now)
         if refusal is not None:
             return refusal
         # A template or a binary-mode ce-* header must not copy a credential into the event.
-        headers = {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() not in self.config.credential_headers
-        }
+        headers = without_secrets(request.headers, self._secret_headers)
         try:
-            events = normalize(dataclasses.replace(request, headers=headers), self.config, now)
+            found = deliveries(request, self.config, now, kept=self._kept, headers=headers)
         except RequestError as error:
             return self._reject(error.status, error.message)
-        ids = []
-        for event in events:
+        keys = [delivery.key for delivery in found if delivery.key is not None]
+        async with self._ledger.holding(keys, now) as seen:
+            return await self._publish(found, seen, emit, now, batch=is_batch(request))
+
+    async def _publish(
+        self,
+        found: Sequence[Delivery],
+        seen: Mapping[str, str],
+        emit: Emit,
+        now: datetime,
+        *,
+        batch: bool,
+    ) -> HttpReply:
+        """Emit what was not seen, remember it, and answer for the whole request."""
+        ids: list[str] = []
+        duplicates: list[str] = []
+        published: dict[str, str] = {}
+        for delivery in found:
+            key, event = delivery.key, delivery.event
+            original = None if key is None else seen.get(key) or published.get(key)
+            if original is not None:
+                log.info("redelivery not published", sensor=self.name, event_id=original)
+                ids.append(original)
+                duplicates.append(original)
+                continue
             try:
                 await emit(event)
             except BusUnavailableError as error:
+                # What went out before the bus stopped taking events stays deduplicated.
+                self._ledger.record(published, now)
                 log.warning(
                     "event not taken", sensor=self.name, event_id=event.id, error=str(error)
                 )
                 return HttpReply(
-                    503,
-                    {"error": str(error)},
-                    {"Retry-After": str(max(1, math.ceil(error.delay)))},
+                    503, {"error": str(error)}, {"Retry-After": retry_after(error.delay)}
                 )
             ids.append(event.id)
-        if is_batch(request):
-            return HttpReply(202, {"ids": ids})
-        return HttpReply(202, {"id": ids[0]})
+            if key is not None:
+                published[key] = event.id
+        self._ledger.record(published, now)
+        return _accepted(ids, duplicates, batch=batch)
+
+    def _limit(self, now: datetime) -> HttpReply | None:
+        """None when the rate limit lets the delivery through; otherwise the 429 to answer."""
+        if self._bucket is None:
+            return None
+        wait = self._bucket.take(now.timestamp())
+        if wait <= 0:
+            return None
+        return self._reject(
+            429,
+            f"more than {self._bucket.per_second:g} deliveries per second (burst"
+            f" {self._bucket.burst}) on /webhooks/{self.path}; send again after the Retry-After"
+            " seconds",
+            headers={"Retry-After": retry_after(wait)},
+        )
 
     def _authenticate(self, request: HttpRequest, now: datetime) -> HttpReply | None:
         """None when the delivery may go on; otherwise the 401 or 503 to answer."""
@@ -176,3 +239,15 @@ class WebhookSensor:
     ) -> HttpReply:
         log.info("webhook rejected", sensor=self.name, status=status, error=message)
         return HttpReply(status, {"error": message}, headers or {})
+
+
+def _accepted(ids: list[str], duplicates: list[str], *, batch: bool) -> HttpReply:
+    """202 with the ids when anything was published; 200 when all were redeliveries."""
+    every_one_seen = bool(duplicates) and len(duplicates) == len(ids)
+    status = 200 if every_one_seen else 202
+    body: dict[str, object] = {"ids": ids} if batch else {"id": ids[0]}
+    if every_one_seen:
+        body["duplicate"] = True
+    elif duplicates:
+        body["duplicates"] = duplicates
+    return HttpReply(status, body)

@@ -111,7 +111,8 @@ GITHUB_EVENT = {
 async def test_signed_github_push_is_202_and_on_the_bus_without_credentials(
     bus: MemoryBus, emit: Emit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A push signed as GitHub signs it is accepted; the stored event holds no signature."""
+    """A push signed as GitHub signs it is accepted; the stored event keeps the event and
+    delivery headers as extensions, and no signature."""
     monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "It's a Secret to Everybody")
     sensor = make_sensor(
         {"preset": "github", "secrets": [{"env": "GITHUB_WEBHOOK_SECRET"}]}, event=GITHUB_EVENT
@@ -126,6 +127,7 @@ async def test_signed_github_push_is_202_and_on_the_bus_without_credentials(
         time=NOW,
         datacontenttype="application/json",
         data=json.loads(PUSH),
+        extensions={"xgithubevent": "push", "xgithubdelivery": "d-1"},
     )
     stored = received.encode().decode()
     for name in ("x-hub-signature", "x-hub-signature-256"):

@@ -160,8 +160,9 @@ async def test_other_allowed_method_is_accepted(bus: MemoryBus, emit: Emit) -> N
             HttpRequest("POST", "github", {"content-type": "text/plain"}, {}, b"hi"),
             415,
             "content-type 'text/plain' is not accepted; send application/json (or another"
-            " +json type), application/cloudevents+json, application/cloudevents-batch+json,"
-            " or a binary-mode CloudEvent (a ce-specversion header and ce-* attribute headers)",
+            " +json type), application/x-www-form-urlencoded, application/cloudevents+json,"
+            " application/cloudevents-batch+json, or a binary-mode CloudEvent (a ce-specversion"
+            " header and ce-* attribute headers)",
         ),
         (
             HttpRequest("POST", "github", {"content-type": "application/json"}, {}, b"{"),

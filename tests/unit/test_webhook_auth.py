@@ -521,31 +521,31 @@ def test_generic_signed_timestamp_template_passes_and_replay_is_refused() -> Non
         ),
         (
             {"signed_payload": "{timestamp}"},
-            "hmac signature scheme: signed_payload '{timestamp}' must contain {body} exactly once, e.g. '{timestamp}.{body}'",
+            "hmac signature scheme: signedPayload '{timestamp}' must contain {body} exactly once, e.g. '{timestamp}.{body}'",
         ),
         (
             {"signed_payload": "{body}{body}"},
-            "hmac signature scheme: signed_payload '{body}{body}' must contain {body} exactly once, e.g. '{timestamp}.{body}'",
+            "hmac signature scheme: signedPayload '{body}{body}' must contain {body} exactly once, e.g. '{timestamp}.{body}'",
         ),
         (
             {"signed_payload": "{ts}.{body}"},
-            "hmac signature scheme: signed_payload '{ts}.{body}' has unknown placeholder {ts}; use {timestamp} and {body}",
+            "hmac signature scheme: signedPayload '{ts}.{body}' has unknown placeholder {ts}; use {timestamp} and {body}",
         ),
         (
             {"signed_payload": "{timestamp}.{body}"},
-            "hmac signature scheme: {timestamp} in signed_payload and tolerance_seconds need a timestamp_header, the header that carries the timestamp",
+            "hmac signature scheme: {timestamp} in signedPayload and toleranceSeconds need a timestampHeader, the header that carries the timestamp",
         ),
         (
             {"tolerance_seconds": 60},
-            "hmac signature scheme: {timestamp} in signed_payload and tolerance_seconds need a timestamp_header, the header that carries the timestamp",
+            "hmac signature scheme: {timestamp} in signedPayload and toleranceSeconds need a timestampHeader, the header that carries the timestamp",
         ),
         (
             {"timestamp_header": "X-T", "tolerance_seconds": 60},
-            "hmac signature scheme: timestamp_header 'X-T' is set but signed_payload '{body}' does not sign it; add {timestamp}, e.g. '{timestamp}.{body}'",
+            "hmac signature scheme: timestampHeader 'X-T' is set but signedPayload '{body}' does not sign it; add {timestamp}, e.g. '{timestamp}.{body}'",
         ),
         (
             {"timestamp_header": "X-T", "signed_payload": "{timestamp}{body}"},
-            "hmac signature scheme: tolerance_seconds is None; with a timestamp_header give a positive number of seconds, e.g. 300",
+            "hmac signature scheme: toleranceSeconds is None; with a timestampHeader give a positive number of seconds, e.g. 300",
         ),
         (
             {
@@ -553,7 +553,7 @@ def test_generic_signed_timestamp_template_passes_and_replay_is_refused() -> Non
                 "signed_payload": "{timestamp}{body}",
                 "tolerance_seconds": 0,
             },
-            "hmac signature scheme: tolerance_seconds is 0; with a timestamp_header give a positive number of seconds, e.g. 300",
+            "hmac signature scheme: toleranceSeconds is 0; with a timestampHeader give a positive number of seconds, e.g. 300",
         ),
         (
             {
@@ -561,7 +561,7 @@ def test_generic_signed_timestamp_template_passes_and_replay_is_refused() -> Non
                 "signed_payload": "{timestamp}{body}",
                 "tolerance_seconds": float("nan"),
             },
-            "hmac signature scheme: tolerance_seconds is nan; with a timestamp_header give a positive number of seconds, e.g. 300",
+            "hmac signature scheme: toleranceSeconds is nan; with a timestampHeader give a positive number of seconds, e.g. 300",
         ),
         (
             {
@@ -569,7 +569,7 @@ def test_generic_signed_timestamp_template_passes_and_replay_is_refused() -> Non
                 "signed_payload": "{timestamp}{body}",
                 "tolerance_seconds": float("inf"),
             },
-            "hmac signature scheme: tolerance_seconds is inf; with a timestamp_header give a positive number of seconds, e.g. 300",
+            "hmac signature scheme: toleranceSeconds is inf; with a timestampHeader give a positive number of seconds, e.g. 300",
         ),
     ],
 )
@@ -784,3 +784,19 @@ def test_any_body_signed_with_any_active_secret_passes_and_a_flipped_byte_does_n
         altered = body[:position] + bytes([body[position] ^ 1]) + body[position + 1 :]
         refusal(lambda: verify_github(github, altered, secrets, NOW))
         refusal(lambda: verify_stripe(stripe_headers, altered, secrets, NOW))
+
+
+@pytest.mark.parametrize("size", [0, 1, 2046, 2047, 2048, 4094, 4095, 10_000])
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256", "sha512"])
+def test_bodies_hashed_in_pieces_verify_at_every_size_around_the_piece_length(
+    size: int, algorithm: str
+) -> None:
+    """The HMAC fed in 2047-byte pieces equals one computed whole; a flipped last byte fails."""
+    body = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    scheme = HmacScheme("X-Sig", algorithm, "hex")  # type: ignore[arg-type]
+    signature = hmac.new(b"key", body, algorithm).hexdigest()
+    verify_hmac(scheme, {"x-sig": signature}, body, [b"key"], NOW)
+    if body:
+        flipped = body[:-1] + bytes([body[-1] ^ 1])
+        with pytest.raises(AuthError):
+            verify_hmac(scheme, {"x-sig": signature}, flipped, [b"key"], NOW)

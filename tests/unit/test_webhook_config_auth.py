@@ -17,6 +17,7 @@ from eventflow.events import Event, ReceivedEvent
 from eventflow.sensing.intake import make_emit
 from eventflow.sensing.protocol import HttpReply, HttpRequest
 from eventflow.sensing.secrets import (
+    INLINE_ALLOWED,
     SecretCache,
     SecretRead,
     SecretSource,
@@ -114,8 +115,8 @@ def problems(auth: dict[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
         (
             {"hmac": {"header": "X-Sig", "timestampHeader": "X-T"}, "secrets": [ENV]},
             ("hmac",),
-            "Value error, hmac signature scheme: timestamp_header 'X-T' is set but"
-            " signed_payload '{body}' does not sign it; add {timestamp}, e.g."
+            "Value error, hmac signature scheme: timestampHeader 'X-T' is set but"
+            " signedPayload '{body}' does not sign it; add {timestamp}, e.g."
             " '{timestamp}.{body}'",
         ),
         (
@@ -128,13 +129,13 @@ def problems(auth: dict[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
                 "secrets": [ENV],
             },
             ("hmac",),
-            "Value error, hmac signature scheme: tolerance_seconds is None; with a"
-            " timestamp_header give a positive number of seconds, e.g. 300",
+            "Value error, hmac signature scheme: toleranceSeconds is None; with a"
+            " timestampHeader give a positive number of seconds, e.g. 300",
         ),
         (
             {"hmac": {"header": "X-Sig", "signedPayload": "{ts}.{body}"}, "secrets": [ENV]},
             ("hmac",),
-            "Value error, hmac signature scheme: signed_payload '{ts}.{body}' has unknown"
+            "Value error, hmac signature scheme: signedPayload '{ts}.{body}' has unknown"
             " placeholder {ts}; use {timestamp} and {body}",
         ),
         (
@@ -193,6 +194,29 @@ def test_inline_secret_message_does_not_repeat_the_secret() -> None:
     """The inline-secret error never echoes the value, which may be a real credential."""
     [(_, message)] = problems({"preset": "github", "secrets": ["s3cr3t-value"]})
     assert "s3cr3t-value" not in message
+
+
+def test_inline_value_is_refused_outside_dev_mode_with_the_usual_message() -> None:
+    """`{value: ...}` without `serve --dev`: the inline-secret error, value not echoed."""
+    [(_, message)] = problems({"preset": "github", "secrets": [{"value": "s3cr3t-value"}]})
+    assert message == INLINE
+
+
+def test_inline_value_is_read_in_dev_mode_and_never_shown() -> None:
+    """Under `serve --dev` the value is the secret; repr and logs name it only as inline."""
+    token = INLINE_ALLOWED.set(True)
+    try:
+        auth = auth_of({"preset": "github", "secrets": [{"value": "s3cr3t-value"}]})
+        bare = problems({"preset": "github", "secrets": ["s3cr3t-value"]})
+        both = problems({"preset": "github", "secrets": [{"value": "v", "env": "HOOK_SECRET"}]})
+    finally:
+        INLINE_ALLOWED.reset(token)
+    [source] = auth.sources
+    assert read_secret(source, {}) == b"s3cr3t-value"
+    assert source.describe() == "the inline value (serve --dev)"
+    assert "s3cr3t-value" not in repr(auth)
+    assert [message for _, message in bare] == [INLINE]
+    assert [message for _, message in both] == [ONE_PLACE]
 
 
 def test_hmac_block_builds_the_scheme_it_describes() -> None:
@@ -266,9 +290,10 @@ def test_sources_are_the_secrets_or_the_basic_passwords_in_user_order() -> None:
 def test_credential_headers_name_every_header_carrying_a_credential(
     auth: dict[str, Any] | None, headers: set[str]
 ) -> None:
-    """Authorization always, plus the scheme's signature or token header, lower-cased."""
+    """Authorization and cookies always, plus the scheme's signature or token header."""
     config = WebhookConfig.model_validate({"path": "hooks", "auth": auth})
-    assert config.credential_headers == frozenset(headers)
+    always = {"proxy-authorization", "cookie", "set-cookie"}
+    assert config.credential_headers == frozenset(headers | always)
 
 
 # --- reading secrets ---------------------------------------------------------------------

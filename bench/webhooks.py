@@ -1,0 +1,289 @@
+"""Signed GitHub-style webhook deliveries per second, end to end: `python bench/webhooks.py`.
+
+Each target is a real server process on a loopback port, driven by `wrk` (HTTP/1.1 keep-alive,
+`--latency` for p50/p99) with the same request: the push fixture signed with the endpoint's
+secret (X-Hub-Signature-256), a new X-GitHub-Delivery per request so that none is a duplicate.
+
+- bare:    a FastAPI app under the same uvicorn settings whose POST only answers 202;
+- memory:  `eventflow serve` on the embedded bus; 202 once the bus holds the event, the engine
+           recording every event in SQLite in the same process meanwhile;
+- jetstream: the same on NATS JetStream: by default a nats-server of its own (file store in a
+           temporary directory), so that its streams and its dead-letter subject cannot collide
+           with anyone else's; `--nats URL` uses a running server instead (a fresh stream and
+           its dead-letter stream, both deleted afterwards).
+
+The server and wrk share this machine's cores, as they would on a small node; run with
+nothing else busy. Nothing is asserted: figures are printed for the closing note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import nats as nats_client
+import uvicorn
+from fastapi import FastAPI, Response
+from nats.js.errors import NotFoundError
+
+ROOT = Path(__file__).resolve().parent.parent
+PUSH = (ROOT / "tests" / "fixtures" / "github" / "push--payload.json").read_bytes()
+SECRET = "bench-webhook-secret"
+SENSOR = """
+apiVersion: eventflow.io/v1alpha1
+kind: Sensor
+metadata: {name: github}
+spec:
+  webhook:
+    path: github
+    auth: {preset: github, secrets: [{env: BENCH_GITHUB_SECRET}]}
+    event: {type: "com.github.{{ headers['x-github-event'] }}", source: https://github.com}
+"""
+# wrk's Lua: one request template, a delivery id unique per thread and request.
+WRK_SCRIPT = """
+local counter = 0
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  prefix = "%(run)s-" .. tostring(tid) .. "-"
+end
+wrk.method = "POST"
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-GitHub-Event"] = "push"
+wrk.headers["X-Hub-Signature-256"] = "%(signature)s"
+function request()
+  counter = counter + 1
+  wrk.headers["X-GitHub-Delivery"] = prefix .. counter
+  return wrk.format(nil, "/webhooks/github")
+end
+"""
+EVENTFLOW = str(Path(sys.executable).with_name("eventflow"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def bare_app() -> FastAPI:
+    """The reference: FastAPI answering 202 to the same POST without looking at it."""
+    app = FastAPI()
+
+    @app.post("/webhooks/github")
+    async def github() -> Response:
+        return Response(b'{"id":"x"}', status_code=202, media_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    return app
+
+
+def serve_bare(port: int) -> None:
+    uvicorn.run(
+        bare_app(),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        loop="asyncio",
+    )
+
+
+@dataclass
+class Figures:
+    name: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    not_2xx: int
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server not ready:\n{log.read_text()}")
+
+
+def start(kind: str, work: Path, port: int, nats: str, stream: str) -> subprocess.Popen[bytes]:
+    log = work / f"{kind}.log"
+    env = {**os.environ, "BENCH_GITHUB_SECRET": SECRET, "EVENTFLOW_LOG_LEVEL": "warning"}
+    if kind == "bare":
+        command = [sys.executable, __file__, "--serve-bare", str(port)]
+    else:
+        command = [EVENTFLOW, "serve", str(work / "sensor.yaml"), "--port", str(port)]
+        command += ["--data-dir", str(work / f"data-{kind}")]
+        if kind == "jetstream":
+            env |= {
+                "EVENTFLOW_BUS__URL": nats,
+                "EVENTFLOW_BUS__STREAM": stream,
+                "EVENTFLOW_BUS__SUBJECT_PREFIX": f"bench.{stream.lower()}",
+            }
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log)
+    except BaseException:
+        # A server left behind would keep its streams (and its dead-letter subject) alive.
+        process.terminate()
+        process.wait(timeout=60)
+        raise
+    return process
+
+
+def milliseconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+
+def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace) -> Figures:
+    command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(args.connections)]
+    url = f"http://127.0.0.1:{port}"
+    subprocess.run([*command, "-d", "2s", "-s", str(script), url], capture_output=True, check=True)
+    result = subprocess.run(
+        [*command, "-d", f"{args.duration}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = result.stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Figures(
+        name, rate, milliseconds(p50), milliseconds(p99), total, int(bad.group(1)) if bad else 0
+    )
+
+
+async def delete_stream(nats: str, stream: str) -> None:
+    client = await nats_client.connect(nats)
+    try:
+        # The bus makes a dead-letter stream beside its own; both go, so that the next
+        # bus on this server can claim the dead-letter subject.
+        for name in (stream, f"{stream}_DLQ"):
+            with contextlib.suppress(NotFoundError):
+                await client.jetstream().delete_stream(name)
+    finally:
+        await client.close()
+
+
+def measure(kind: str, work: Path, script: Path, args: argparse.Namespace) -> Figures:
+    port = free_port()
+    stream = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
+    process = start(kind, work, port, args.nats, stream)
+    try:
+        return run_wrk(kind, port, script, args)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        if kind == "jetstream":
+            asyncio.run(delete_stream(args.nats, stream))
+
+
+@contextlib.contextmanager
+def own_nats(work: Path, args: argparse.Namespace) -> Iterator[None]:
+    """Start a nats-server with JetStream for the run unless --nats names one."""
+    if args.nats is not None or "jetstream" not in args.only:
+        yield
+        return
+    port = free_port()
+    binary = Path(sys.executable).with_name("nats-server")
+    command = [str(binary), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(work / "js")]
+    log = (work / "nats.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"nats-server did not start:\n{(work / 'nats.log').read_text()}")
+            time.sleep(0.05)
+        args.nats = f"nats://127.0.0.1:{port}"
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per target")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--nats", default=None, help="a running JetStream server (default: start one)"
+    )
+    parser.add_argument("--only", nargs="*", default=["bare", "memory", "jetstream"])
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare is not None:
+        serve_bare(args.serve_bare)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as directory:
+        work = Path(directory)
+        (work / "sensor.yaml").write_text(SENSOR)
+        signature = "sha256=" + hmac.new(SECRET.encode(), PUSH, hashlib.sha256).hexdigest()
+        script = work / "github.lua"
+        body = "[==[" + PUSH.decode() + "]==]"
+        script.write_text(
+            WRK_SCRIPT % {"run": uuid.uuid4().hex[:8], "body": body, "signature": signature}
+        )
+        with own_nats(work, args):
+            results = {kind: measure(kind, work, script, args) for kind in args.only}
+    print(
+        f"signed GitHub push deliveries ({len(PUSH)} bytes), wrk -t{args.threads}"
+        f" -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs"
+    )
+    print(f"{'target':<10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for figures in results.values():
+        print(
+            f"{figures.name:<10} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
+            f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8}"
+        )
+    if "bare" in results:
+        for kind in ("memory", "jetstream"):
+            if kind in results:
+                ratio = results[kind].rate / results["bare"].rate
+                print(f"{kind} / bare: {ratio:.0%}")
+
+
+if __name__ == "__main__":
+    main()
