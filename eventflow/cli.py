@@ -1,8 +1,8 @@
-"""`eventflow serve | validate | send | explain | runs ...`: the command line.
+"""`eventflow serve | validate | send | explain | runs | deadletters ...`: the command line.
 
-`serve`, `validate` and `explain` work on resource files; `send` and `runs` talk to a running
-server over its REST API (`--server`, or EVENTFLOW_SERVER), so they work the same against a
-laptop and a cluster.
+`serve`, `validate` and `explain` work on resource files; `send`, `runs` and `deadletters`
+talk to a running server over its REST API (`--server`, or EVENTFLOW_SERVER), so they work
+the same against a laptop and a cluster.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+import yaml
 
 from eventflow.errors import ConfigError, InvalidEventError, ResourceError
 from eventflow.events import Event, ReceivedEvent, new_event_id
@@ -33,12 +34,28 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Inspect and cancel runs on a running server.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+deadletters_app = typer.Typer(
+    help="List and replay the events the bus set aside (NATS or Kafka bus).",
+    no_args_is_help=True,
+)
+app.add_typer(deadletters_app, name="deadletters")
+webhooks_app = typer.Typer(
+    help="Register webhook endpoints on a running server, no restart needed.",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
 
 Paths = Annotated[list[Path], typer.Argument(help="resource files or directories", exists=True)]
 Server = Annotated[
     str, typer.Option("--server", envvar="EVENTFLOW_SERVER", help="URL of a running eventflow")
 ]
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar="EVENTFLOW_TOKEN", help="bearer token, when the server requires one"
+    ),
+]
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 
 
@@ -51,6 +68,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 # --- serve, validate, explain (resource files) ------------------------------------------
 
 
@@ -60,11 +81,16 @@ def serve(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="store and step logs (.eventflow)")] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="accept inline secrets {value: ...}; never in production")
+    ] = False,
 ) -> None:
     """Run eventflow on the resources in PATHS until SIGTERM or Ctrl-C."""
+    import structlog
     import uvicorn
 
     from eventflow.api.app import create_app
+    from eventflow.sensing.secrets import INLINE_ALLOWED
     from eventflow.service import Service
 
     settings = Settings()
@@ -77,21 +103,31 @@ def serve(
         overrides["data_dir"] = data_dir
     settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_format, settings.log_level)
+    if dev:
+        INLINE_ALLOWED.set(True)
+        structlog.get_logger().warning(
+            "DEVELOPMENT MODE: inline secrets are accepted; they end up in git and in process"
+            " listings. Never run `serve --dev` where real deliveries arrive"
+        )
     plugins = discover_plugins()
     try:
-        load_resources(paths, plugins)
+        # Triggers may listen to registered webhooks: the service checks those against its
+        # store when it starts.
+        load_resources(paths, plugins, registered_sensors=None)
     except ResourceError as error:
         typer.echo(str(error), err=True)
         raise fail(f"{len(error.problems)} problem(s) in the resources; nothing started") from None
     service = Service(settings, paths, plugins)
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, sighup_reloads=True),
         host=settings.api.host,
         port=settings.api.port,
         log_config=None,
         access_log=False,
         loop="asyncio",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        ssl_certfile=settings.api.tls_cert_file,
+        ssl_keyfile=settings.api.tls_key_file,
     )
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler
     # that was there before it; a graceful stop is a success, so that handler does nothing.
@@ -102,10 +138,10 @@ def serve(
         raise fail(str(error)) from None
 
 
-def load_or_exit(paths: list[Path]) -> ResourceSet:
+def load_or_exit(paths: list[Path], registered: frozenset[str] = frozenset()) -> ResourceSet:
     """The resources in `paths`, or every problem printed and exit 1."""
     try:
-        return load_resources(paths, discover_plugins())
+        return load_resources(paths, discover_plugins(), registered)
     except ResourceError as error:
         for problem in error.problems:
             out(str(problem))
@@ -113,9 +149,23 @@ def load_or_exit(paths: list[Path]) -> ResourceSet:
 
 
 @app.command()
-def validate(paths: Paths) -> None:
-    """Check resource files; print every problem as file:line: Kind/name: field: message."""
-    resources = load_or_exit(paths)
+def validate(
+    paths: Paths,
+    registered: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--registered",
+            help="a sensor that triggers may listen to though no file defines it: a webhook"
+            " registered through the REST API (repeat for each)",
+        ),
+    ] = None,
+) -> None:
+    """Check resource files; print every problem as file:line: Kind/name: field: message.
+
+    A trigger's `sensor:` must name a Sensor in the files, or a webhook given with
+    --registered (one registered through the REST API): a typo is still caught offline.
+    """
+    resources = load_or_exit(paths, frozenset(registered or ()))
     out(
         f"ok: {len(resources.sensors)} sensor(s), {len(resources.triggers)} trigger(s),"
         f" {len(resources.workflows)} workflow template(s)"
@@ -163,18 +213,25 @@ def explain(
 # --- send and runs (a running server) ---------------------------------------------------
 
 
-def call(server: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def call(
+    server: str, method: str, path: str, token: str | None = None, **kwargs: Any
+) -> httpx.Response:
+    url = server.rstrip("/") + path
+    headers = auth_headers(token)
     try:
-        response = httpx.request(method, server.rstrip("/") + path, timeout=30.0, **kwargs)
+        response = httpx.request(method, url, timeout=30.0, headers=headers, **kwargs)
     except httpx.HTTPError as error:
         raise fail(
             f"cannot reach eventflow at {server}: {error}; is `eventflow serve` running?"
         ) from None
     if response.status_code >= 400:
         try:
-            message = response.json().get("error", response.text)
+            answer = response.json()
+            message = answer.get("error", response.text)
         except ValueError:
-            message = response.text
+            answer, message = {}, response.text
+        for problem in answer.get("problems", []):
+            out(str(problem))
         raise fail(f"{response.status_code}: {message}")
     return response
 
@@ -191,6 +248,7 @@ def send(
     ] = None,
     sensor: Annotated[str, typer.Option(help="sensor name stamped on the event")] = "api",
     server: Server = DEFAULT_SERVER,
+    token: Token = None,
 ) -> None:
     """Put a test event on the bus of a running server; prints its id."""
     if file is not None:
@@ -218,7 +276,12 @@ def send(
         except InvalidEventError as error:
             raise fail(str(error), 2) from None
     response = call(
-        server, "POST", "/api/v1/events", params={"sensor": sensor}, json=event.to_dict()
+        server,
+        "POST",
+        "/api/v1/events",
+        params={"sensor": sensor},
+        json=event.to_dict(),
+        token=token,
     )
     out(response.json()["id"])
 
@@ -248,10 +311,13 @@ def runs_list(
     limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
     output: Output = "table",
     server: Server = DEFAULT_SERVER,
+    token: Token = None,
 ) -> None:
     """List runs, newest first."""
     params = {k: v for k, v in {"state": state, "trigger": trigger}.items() if v}
-    runs = call(server, "GET", "/api/v1/runs", params={**params, "limit": limit}).json()["runs"]
+    runs = call(
+        server, "GET", "/api/v1/runs", params={**params, "limit": limit}, token=token
+    ).json()["runs"]
     if output == "json":
         out(json.dumps(runs, indent=2))
         return
@@ -264,9 +330,11 @@ def runs_list(
 
 
 @runs_app.command("get")
-def runs_get(run_id: str, output: Output = "table", server: Server = DEFAULT_SERVER) -> None:
+def runs_get(
+    run_id: str, output: Output = "table", server: Server = DEFAULT_SERVER, token: Token = None
+) -> None:
     """Show a run and each step's state, times, exit code and log tail."""
-    run = call(server, "GET", f"/api/v1/runs/{run_id}").json()
+    run = call(server, "GET", f"/api/v1/runs/{run_id}", token=token).json()
     if output == "json":
         out(json.dumps(run, indent=2))
         return
@@ -309,6 +377,7 @@ def runs_logs(
     attempt: Annotated[int | None, typer.Option(help="attempt number (default: latest)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream while it runs")] = False,
     server: Server = DEFAULT_SERVER,
+    token: Token = None,
 ) -> None:
     """Print a step's output (stdout and stderr, interleaved)."""
     params: dict[str, Any] = {"follow": follow}
@@ -318,7 +387,9 @@ def runs_logs(
     try:
         # No read timeout: --follow waits as long as the step runs.
         timeout = httpx.Timeout(10.0, read=None)
-        with httpx.stream("GET", url, params=params, timeout=timeout) as response:
+        with httpx.stream(
+            "GET", url, params=params, timeout=timeout, headers=auth_headers(token)
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 raise fail(f"{response.status_code}: {response.json().get('error')}")
@@ -330,10 +401,138 @@ def runs_logs(
 
 
 @runs_app.command("cancel")
-def runs_cancel(run_id: str, server: Server = DEFAULT_SERVER) -> None:
+def runs_cancel(run_id: str, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
     """Cancel a run: running steps are stopped, the others never start."""
-    run = call(server, "POST", f"/api/v1/runs/{run_id}/cancel").json()
+    run = call(server, "POST", f"/api/v1/runs/{run_id}/cancel", token=token).json()
     out(f"{run['id']}: cancel requested (state {run['state']})")
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    limit: Annotated[int, typer.Option(help="at most this many, oldest first")] = 100,
+    output: Output = "table",
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """List dead letters: events that failed every delivery or did not decode."""
+    response = call(server, "GET", "/api/v1/deadletters", params={"limit": limit}, token=token)
+    letters = response.json()["deadletters"]
+    if output == "json":
+        out(json.dumps(letters, indent=2))
+        return
+    rows = [["ID", "SUBJECT", "REASON"]]
+    rows += [[str(letter["id"]), letter["subject"], letter["reason"]] for letter in letters]
+    table(rows)
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    letter_id: int, server: Server = DEFAULT_SERVER, token: Token = None
+) -> None:
+    """Put a dead letter back on the bus; the engine gets it as a first delivery."""
+    call(server, "POST", f"/api/v1/deadletters/{letter_id}/replay", token=token)
+    out(f"dead letter {letter_id}: replayed")
+
+
+# --- webhooks and reload (a running server) --------------------------------------------
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """A `spec.webhook` mapping from a YAML or JSON file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise fail(f"{path}: cannot read: {error.strerror}", 2) from None
+    except yaml.YAMLError as error:
+        raise fail(f"{path}: not valid YAML: {error}", 2) from None
+    if not isinstance(data, dict):
+        raise fail(f"{path}: expected a mapping of spec.webhook fields (path, auth, ...)", 2)
+    return data
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    name: Annotated[str, typer.Argument(help="the sensor name; triggers use `sensor: NAME`")],
+    path: Annotated[str | None, typer.Option(help="served at /webhooks/PATH")] = None,
+    auth_preset: Annotated[
+        str | None, typer.Option(help="github, gitlab, bitbucket, stripe or slack")
+    ] = None,
+    secret_env: Annotated[
+        str | None, typer.Option(help="environment variable of the server holding the secret")
+    ] = None,
+    secret_file: Annotated[
+        str | None, typer.Option(help="file on the server holding the secret")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="a spec.webhook mapping (YAML or JSON)")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="replace the registered webhook NAME")] = False,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Register a webhook endpoint (options override the --file spec)."""
+    spec = read_spec_file(file) if file is not None else {}
+    if path is not None:
+        spec["path"] = path
+    secrets = [{"env": secret_env}] if secret_env else []
+    secrets += [{"file": secret_file}] if secret_file else []
+    if auth_preset is not None or secrets:
+        spec["auth"] = {**spec.get("auth", {}), **({"preset": auth_preset} if auth_preset else {})}
+        if secrets:
+            spec["auth"]["secrets"] = secrets
+    if replace:
+        webhook = call(server, "PUT", f"/api/v1/webhooks/{name}", json=spec, token=token).json()
+    else:
+        webhook = call(
+            server, "POST", "/api/v1/webhooks", json={"name": name, **spec}, token=token
+        ).json()
+    verb = "replaced" if replace else "registered"
+    out(f"{verb} webhook {webhook['name']} at /webhooks/{webhook['path']}")
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    output: Output = "table", server: Server = DEFAULT_SERVER, token: Token = None
+) -> None:
+    """List the webhooks: from resource files (read-only) and registered."""
+    webhooks = call(server, "GET", "/api/v1/webhooks", token=token).json()["webhooks"]
+    if output == "json":
+        out(json.dumps(webhooks, indent=2))
+        return
+    rows = [["NAME", "PATH", "ORIGIN", "AUTH", "DEFINED"]]
+    for webhook in webhooks:
+        auth = webhook["spec"].get("auth") or {}
+        kind = auth.get("preset") or next(
+            (k for k in ("hmac", "bearer", "basic") if k in auth), "-"
+        )
+        where = webhook.get("file") or str(webhook.get("created_at", "-"))
+        rows.append(
+            [webhook["name"], f"/webhooks/{webhook['path']}", webhook["origin"], kind, where]
+        )
+    table(rows)
+
+
+@webhooks_app.command("get")
+def webhooks_get(name: str, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Show one webhook as JSON: its spec, origin and times."""
+    out(json.dumps(call(server, "GET", f"/api/v1/webhooks/{name}", token=token).json(), indent=2))
+
+
+@webhooks_app.command("rm")
+def webhooks_rm(name: str, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Remove a registered webhook; its path answers 404 from now on."""
+    call(server, "DELETE", f"/api/v1/webhooks/{name}", token=token)
+    out(f"removed webhook {name}")
+
+
+@app.command()
+def reload(server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Make a running server read its resource files again (as SIGHUP does)."""
+    changes = call(server, "POST", "/api/v1/reload", token=token).json()["sensors"]
+    out(
+        "reloaded: "
+        + "; ".join(f"{what} {', '.join(names) or '-'}" for what, names in changes.items())
+    )
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
 """Wires the boxes together from settings, and starts and stops them in order.
 
-Start: resources (fail before anything runs) -> store (migrated) -> bus -> executor -> run
-controller (resumes unfinished runs) -> dispatcher -> sensors. Stop runs the other way, so
-that nothing accepted is dropped: intake stops first, the bus is drained into the store,
-running steps get the grace period, then everything closes.
+Start: store (migrated) -> resources and registered webhooks (fail before anything runs,
+`reloading.py`) -> executor -> run
+controller (resumes unfinished runs) -> bus -> dispatcher -> sensors. The bus may be down: the
+service then starts anyway (webhooks answer 503, /readyz says why), connects in the background
+and starts the dispatcher and the sensors once the bus is up (`BusConnector`). Stop runs the
+other way, so that nothing accepted is dropped: intake stops first, the bus is drained into
+the store, running steps get the grace period, then everything closes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from eventflow.bus.connecting import BusConnector
 from eventflow.bus.memory import MemoryBus
 from eventflow.bus.protocol import EventBus
 from eventflow.engine.catalog import Catalog
@@ -23,11 +27,18 @@ from eventflow.engine.dispatching import Dispatcher
 from eventflow.errors import ConfigError
 from eventflow.executors.local import LocalExecutor
 from eventflow.executors.protocol import Executor
-from eventflow.resources.validation import load_resources
+from eventflow.reloading import LiveConfig, SensorChanges, SensorEntry, SensorSet
 from eventflow.runs.runner import RunController
 from eventflow.sensing.discovery import discover_plugins
 from eventflow.sensing.intake import make_emit
-from eventflow.sensing.protocol import Emit, HttpSensor, Sensor, SensorContext, SensorPlugin
+from eventflow.sensing.protocol import (
+    Emit,
+    HttpSensor,
+    ReportsConnection,
+    Sensor,
+    SensorContext,
+    SensorPlugin,
+)
 from eventflow.settings import Settings
 from eventflow.store.records import RunRecord
 from eventflow.store.sql import SqlStore
@@ -36,6 +47,8 @@ log = structlog.get_logger()
 
 API_SENSOR = "api"
 """The stamp of events put on the bus through the REST API (`eventflow send`)."""
+FIRST_CONNECT_SECONDS = 3.0
+"""How long `start` waits for the bus before it goes on and lets it connect in the background."""
 
 
 def utc_now() -> datetime:
@@ -62,7 +75,13 @@ def open_bus(settings: Settings) -> EventBus:
     if scheme == "kafka":
         from eventflow.bus.kafka import KafkaBus
 
-        return KafkaBus(bus.url, topic=bus.topic, ack_wait_seconds=bus.ack_wait_seconds)
+        return KafkaBus(
+            bus.url,
+            topic=bus.topic,
+            ack_wait_seconds=bus.ack_wait_seconds,
+            idempotent=bus.idempotent,
+            max_deliver=bus.max_deliver,
+        )
     raise ConfigError(
         f"bus.url: {bus.url!r} is not supported; use memory://, nats://HOST:PORT"
         " or kafka://HOST:PORT"
@@ -84,6 +103,7 @@ def open_executor(settings: Settings) -> Executor:
                 ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
                 default_image=k8s.default_image,
             ),
+            defaults=k8s.defaults,
             kubeconfig=k8s.kubeconfig,
             context=k8s.context,
             qps=k8s.qps,
@@ -97,10 +117,6 @@ def open_executor(settings: Settings) -> Executor:
     )
 
 
-def load_catalog(paths: Sequence[Path], plugins: Mapping[str, SensorPlugin]) -> Catalog:
-    return Catalog.build(load_resources(paths, plugins))
-
-
 @dataclass
 class Service:
     settings: Settings
@@ -109,15 +125,22 @@ class Service:
     ready: bool = False
     accepting: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _sensor_tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _http_sensors: dict[str, HttpSensor] = field(default_factory=dict)
 
     async def start(self) -> None:
-        self.catalog = load_catalog(self.resource_paths, self.plugins)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await SqlStore.open(self.settings.store_url)
+        # The files and the webhooks registered in the store are checked together: a trigger
+        # may listen to a registered webhook.
+        self.sensor_set = SensorSet(self._create_sensor, self.emit_for)
+        self.live = LiveConfig(
+            self.resource_paths, self.plugins, self.store.webhooks, self.sensor_set, self._use
+        )
+        try:
+            await self.live.load()
+        except BaseException:
+            await self.store.close()
+            raise
         self.bus = open_bus(self.settings)
-        await self.bus.start()
         self.executor = open_executor(self.settings)
         await self.executor.start()
         self.runs = RunController(
@@ -132,28 +155,11 @@ class Service:
             },
         )
         await self.runs.start()
-        dispatcher = Dispatcher(
-            bus=self.bus,
-            store=self.store,
-            runs=self.runs,
-            catalog=lambda: self.catalog,
-            clock=utc_now,
-        )
-        self._tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
-        self.sensors: dict[str, Sensor] = {}
-        for name, config in self.catalog.resources.sensor_configs.items():
-            kind = self.catalog.resources.sensors[name].resource.spec.kind
-            context = SensorContext(state=self.store.sensor_state(name, utc_now), clock=utc_now)
-            sensor = self.plugins[kind].create(name, config, context)
-            self.sensors[name] = sensor
-            self._sensor_tasks.append(
-                asyncio.create_task(sensor.run(self.emit_for(name)), name=f"sensor-{name}")
-            )
-        self._http_sensors = {
-            sensor.path: sensor
-            for sensor in self.sensors.values()
-            if isinstance(sensor, HttpSensor)
-        }
+        self.connector = BusConnector(self.bus, self.settings.bus.url, self._on_bus_up)
+        self._connecting = asyncio.create_task(self.connector.run(), name="bus-connect")
+        self._tasks.append(self._connecting)
+        # The usual case (the broker is up) is served ready from the first request.
+        await asyncio.wait([self._connecting], timeout=FIRST_CONNECT_SECONDS)
         self.accepting = True
         self.ready = True
         log.info(
@@ -163,14 +169,56 @@ class Service:
             workflows=len(self.catalog.resources.workflows),
             store=self.settings.store_url.split("://", 1)[0],
             bus=self.settings.bus.url,
+            bus_connected=self.connector.up.is_set(),
         )
+
+    def _on_bus_up(self) -> None:
+        """Start what reads or writes the bus: sensors take nothing from their sources before."""
+        dispatcher = Dispatcher(
+            bus=self.bus,
+            store=self.store,
+            runs=self.runs,
+            catalog=lambda: self.catalog,
+            clock=utc_now,
+        )
+        self._tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
+        self.sensor_set.start()
+
+    def _create_sensor(self, entry: SensorEntry) -> Sensor:
+        context = SensorContext(state=self.store.sensor_state(entry.name, utc_now), clock=utc_now)
+        return self.plugins[entry.kind].create(entry.name, entry.config, context)
+
+    def _use(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    @property
+    def sensors(self) -> Mapping[str, Sensor]:
+        """The running sensors by name: from the files and registered through the API."""
+        return self.sensor_set.sensors
+
+    async def reload(self) -> SensorChanges:
+        """Re-read the resource files; ResourceError, and nothing changed, on any problem."""
+        return await self.live.load()
+
+    def not_ready_reason(self) -> str | None:
+        """Why the service cannot take events now (store aside), or None."""
+        if not self.ready:
+            return "starting or stopping"
+        return self.connector.reason
+
+    def sensor_connections(self) -> dict[str, bool | None]:
+        """Each sensor's connection to its source; None for sensors that keep none."""
+        return {
+            name: sensor.connected if isinstance(sensor, ReportsConnection) else None
+            for name, sensor in sorted(self.sensors.items())
+        }
 
     def emit_for(self, sensor: str) -> Emit:
         return make_emit(sensor, self.bus, utc_now)
 
     def http_sensor(self, path: str) -> HttpSensor | None:
         """The sensor that answers /webhooks/<path>, if any."""
-        return self._http_sensors.get(path)
+        return self.sensor_set.http_sensor(path)
 
     def admit(self, run: RunRecord) -> None:
         self.runs.admit(run)
@@ -180,10 +228,13 @@ class Service:
         log.info("eventflow stopping")
         self.accepting = False
         self.ready = False
-        for task in self._sensor_tasks:
-            task.cancel()
-        await asyncio.gather(*self._sensor_tasks, return_exceptions=True)
-        if not await self.bus.drain(self.settings.shutdown_grace_seconds):
+        self._connecting.cancel()  # nothing new starts reading the bus from now on
+        await self.sensor_set.stop()
+        await asyncio.gather(self._connecting, return_exceptions=True)
+        drained = not self.connector.up.is_set() or await self.bus.drain(
+            self.settings.shutdown_grace_seconds
+        )
+        if not drained:
             log.warning("bus not drained at shutdown; undelivered events are lost")
         for task in self._tasks:
             task.cancel()

@@ -8,15 +8,66 @@ data dir, steps as local processes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventflow.resources.kubernetes import KubernetesOptions
+from eventflow.sensing.secrets import SecretSource
+
+
+class ApiToken(BaseModel):
+    """One bearer token of the REST API: who holds it, what it may do, where its value is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="who holds the token, as logs name it")
+    scopes: list[Literal["read", "write"]] = Field(
+        min_length=1, description="read: GET routes; write: every other method"
+    )
+    secret: SecretSource = Field(description="{env: NAME} or {file: /path}; never inline")
 
 
 class ApiSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="address the HTTP listener binds")
     port: int = Field(default=8080, ge=0, le=65535, description="port of webhooks and REST API")
+    tokens: list[ApiToken] = Field(
+        default_factory=list,
+        description="bearer tokens of /api/v1 (JSON in EVENTFLOW_API__TOKENS); none: the API"
+        " is open",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain; with tls_key_file, serve HTTPS"
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the cert")
+    max_header_bytes: int = Field(
+        default=16_384, ge=1024, description="bytes of request headers; more is answered 431"
+    )
+    request_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="seconds a webhook body may take to arrive; then 408"
+    )
+    max_concurrent_requests: int = Field(
+        default=1000, ge=1, description="webhook requests in progress at once; more get 503"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "api.tls_cert_file and api.tls_key_file go together; give both to serve HTTPS,"
+                " or neither for plain HTTP"
+            )
+        return self
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_token_names(cls, tokens: list[ApiToken]) -> list[ApiToken]:
+        names = [token.name for token in tokens]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"token names repeat: {', '.join(repeated)}; give each a new name")
+        return tokens
 
 
 class BusSettings(BaseModel):
@@ -32,6 +83,10 @@ class BusSettings(BaseModel):
         default="eventflow.events", description="NATS: events go to <prefix>.<sensor>"
     )
     topic: str = Field(default="eventflow.events", description="Kafka: the topic of events")
+    idempotent: bool = Field(
+        default=True,
+        description="Kafka: idempotent producer; off only for brokers refusing InitProducerId",
+    )
     max_age_seconds: float = Field(
         default=604_800.0, gt=0, description="NATS: seconds an event is kept in the stream"
     )
@@ -39,7 +94,7 @@ class BusSettings(BaseModel):
         default=30.0, gt=0, description="seconds before an unacknowledged event is redelivered"
     )
     max_deliver: int = Field(
-        default=5, ge=1, description="NATS: deliveries before an event goes to dead letters"
+        default=5, ge=1, description="NATS, Kafka: deliveries before an event goes to dead letters"
     )
 
 
@@ -63,6 +118,11 @@ class KubernetesSettings(BaseModel):
     )
     service_account: str | None = Field(default=None, description="the Pods' service account")
     default_image: str | None = Field(default=None, description="image of steps that name none")
+    defaults: KubernetesOptions = Field(
+        default_factory=KubernetesOptions,
+        description="the installation's `kubernetes:` block, under every workflow's and step's"
+        ' (JSON in EVENTFLOW_EXECUTOR__KUBERNETES__DEFAULTS: {"serviceAccountName": "steps"})',
+    )
 
 
 class ExecutorSettings(BaseModel):

@@ -1,4 +1,5 @@
-"""The HTTP face of eventflow: webhook endpoints, the REST API (/api/v1), health.
+"""The HTTP face of eventflow: webhook endpoints, the REST API (/api/v1, behind bearer tokens
+when any is configured), health.
 
 Every error is JSON `{"error": "..."}` with a 4xx/5xx status and a reason a user can act on.
 """
@@ -8,33 +9,48 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from eventflow.api import intake, runs
+from eventflow.api import deadletters, intake, registration, runs
+from eventflow.api.auth import open_api_warning, with_api_tokens
 from eventflow.api.responses import as_json, error
 from eventflow.api.webhooks import ASGIApp, with_webhooks
+from eventflow.reloading import reload_on_sighup
 from eventflow.service import Service
 
-
-def create_app(service: Service) -> ASGIApp:
-    """The ASGI app: webhooks served raw, the rest by FastAPI, whose lifespan starts and
-    stops the service."""
-    return with_webhooks(service, create_rest_app(service))
+log = structlog.get_logger()
 
 
-def create_rest_app(service: Service, manage_service: bool = True) -> FastAPI:
+def create_app(service: Service, *, sighup_reloads: bool = False) -> ASGIApp:
+    """The ASGI app: webhooks served raw, the rest by FastAPI (behind the API tokens, when
+    any is configured), whose lifespan starts and stops the service. With `sighup_reloads`,
+    SIGHUP reloads the resource files, as `POST /api/v1/reload` does."""
+    warning = open_api_warning(service.settings.api)
+    if warning is not None:
+        log.warning("api without tokens", reason=warning)
+    rest = create_rest_app(service, sighup_reloads=sighup_reloads)
+    return with_webhooks(service, with_api_tokens(service.settings.api, rest))
+
+
+def create_rest_app(
+    service: Service, manage_service: bool = True, *, sighup_reloads: bool = False
+) -> FastAPI:
     """REST API and health; with `manage_service`, its lifespan starts and stops the service."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_service:
             await service.start()
+        stop_reloading = reload_on_sighup(service.reload) if sighup_reloads else None
         try:
             yield
         finally:
+            if stop_reloading is not None:
+                stop_reloading()
             if manage_service:
                 await service.stop()
 
@@ -42,6 +58,8 @@ def create_rest_app(service: Service, manage_service: bool = True) -> FastAPI:
     app.state.service = service
     app.include_router(intake.router)
     app.include_router(runs.router)
+    app.include_router(deadletters.router)
+    app.include_router(registration.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -59,12 +77,25 @@ def create_rest_app(service: Service, manage_service: bool = True) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        """200 when events can be taken and stored; 503 with the reason otherwise.
+
+        Both answers list each sensor's connection to its source (null: it keeps none)."""
         if not service.ready:
             return error(503, "not ready: starting or stopping")
-        try:
-            await service.store.ping()
-        except Exception as exc:
-            return error(503, f"not ready: store unreachable: {exc}")
-        return as_json({"status": "ready", "sensors": sorted(service.sensors)})
+        sensors = [
+            {"name": name, "connected": connected}
+            for name, connected in service.sensor_connections().items()
+        ]
+        reason = service.not_ready_reason()
+        if reason is None:
+            try:
+                await service.store.ping()
+            except Exception as exc:
+                reason = f"store unreachable: {exc}"
+        if reason is not None:
+            return JSONResponse(
+                {"error": f"not ready: {reason}", "sensors": sensors}, status_code=503
+            )
+        return as_json({"status": "ready", "sensors": sensors})
 
     return app

@@ -10,7 +10,7 @@ It does not read files itself, start sensors or evaluate expressions on events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -47,8 +47,18 @@ class ResourceSet:
         return cls()
 
 
-def load_resources(paths: Sequence[Path], plugins: Mapping[str, SensorPlugin]) -> ResourceSet:
-    """Load and check every resource under `paths`; raise ResourceError with all problems."""
+def load_resources(
+    paths: Sequence[Path],
+    plugins: Mapping[str, SensorPlugin],
+    registered_sensors: Collection[str] | None = frozenset(),
+) -> ResourceSet:
+    """Load and check every resource under `paths`; raise ResourceError with all problems.
+
+    A trigger may listen to a sensor that no file declares when it is one of
+    `registered_sensors` (webhooks registered through the REST API). With None, references
+    to undeclared sensors are not checked: the caller knows no registrations yet (the
+    running service checks them against its store when it starts).
+    """
     documents, problems = load_documents(paths)
     # Documents that failed to load still declare their name: a reference to them is not
     # reported again as "no such resource".
@@ -64,7 +74,7 @@ def load_resources(paths: Sequence[Path], plugins: Mapping[str, SensorPlugin]) -
     for workflow in workflows.values():
         _check_workflow(workflow, report)
     for trigger in triggers.values():
-        _check_trigger(trigger, sensors, workflows, report)
+        _check_trigger(trigger, sensors, registered_sensors, workflows, report)
     if report.problems:
         raise ResourceError(sorted(report.problems, key=lambda p: (p.file, p.line)))
     return ResourceSet(_frozen(sensors), _frozen(triggers), _frozen(workflows), _frozen(configs))
@@ -167,6 +177,7 @@ def _sensor_config(
 def _check_trigger(
     located: Located[Trigger],
     sensors: Mapping[str, Located[Sensor]],
+    registered: Collection[str] | None,
     workflows: Mapping[str, Located[WorkflowTemplate]],
     report: _Report,
 ) -> None:
@@ -174,8 +185,9 @@ def _check_trigger(
     path: FieldPath
     for event, selector in spec.events.items():
         at: FieldPath = ("spec", "events", event)
-        if selector.sensor is not None:
-            report.refer(located, (*at, "sensor"), selector.sensor, sensors, kind="Sensor")
+        name = selector.sensor
+        if name is not None and registered is not None and name not in registered:
+            report.refer(located, (*at, "sensor"), name, sensors, kind="Sensor")
         if selector.filter is not None:
             report.compiles(
                 located, (*at, "filter"), compile_expression, selector.filter, FILTER_VARIABLES

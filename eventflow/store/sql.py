@@ -36,6 +36,7 @@ from eventflow.store.records import (
 )
 from eventflow.store.runner import Runner, connect
 from eventflow.store.sensorstate import SqlSensorState
+from eventflow.store.webhooks import SqlWebhooks
 
 
 def _check_run_state(state: str, now: datetime) -> datetime:
@@ -79,6 +80,11 @@ class SqlStore:
     def sensor_state(self, sensor: str, clock: Callable[[], datetime]) -> SqlSensorState:
         """The keys and values the sensor named `sensor` keeps here."""
         return SqlSensorState(self._runner, sensor, clock)
+
+    @property
+    def webhooks(self) -> SqlWebhooks:
+        """The webhook endpoints registered through the REST API."""
+        return SqlWebhooks(self._runner)
 
     async def record_dispatch(
         self,

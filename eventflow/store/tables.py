@@ -151,6 +151,19 @@ sensor_state = Table(
     Index("ix_sensor_state_expires_at", "expires_at"),
 )
 
+# Webhook endpoints registered through the REST API: the `spec.webhook` the user sent, as sent.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("name", String(255), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("spec", _json(), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("name", name="pk_webhooks"),
+    UniqueConstraint("path", name="uq_webhooks_path"),
+)
+
 
 def step_record(row: Any) -> StepRecord:
     return StepRecord(

@@ -137,7 +137,8 @@ def test_validate_reports_every_problem_with_its_place(tmp_path):
         " 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}",
         f"{path}:7: Trigger/t: spec.workflow: no WorkflowTemplate named 'nowhere'; none is defined",
         f"{path}:20: WorkflowTemplate/w: spec.steps[1].retrys: unknown field 'retrys'; known"
-        " fields: name, image, command, args, env, workingDir, depends, when, retries, timeout",
+        " fields: name, image, command, args, env, workingDir, depends, when, retries, timeout,"
+        " kubernetes",
     ]
     assert result.stderr == "error: 4 problem(s) found\n"
 

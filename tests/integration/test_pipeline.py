@@ -286,7 +286,13 @@ async def test_health_and_readiness(server_factory):
     async with server_factory(EXAMPLES) as server:
         assert (await server.client.get("/healthz")).json() == {"status": "ok"}
         ready = await server.client.get("/readyz")
-        assert ready.json() == {"status": "ready", "sensors": ["github", "uploads"]}
+        assert ready.json() == {
+            "status": "ready",
+            "sensors": [
+                {"name": "github", "connected": None},
+                {"name": "uploads", "connected": None},
+            ],
+        }
 
 
 async def test_webhook_event_runs_over_the_nats_bus(server_factory):

@@ -202,7 +202,7 @@ def test_unknown_field_lists_known_fields_at_the_key_line(tmp_path: Path) -> Non
     assert problems_of(path) == [
         f"{path}:14: WorkflowTemplate/etl: spec.steps[1].retrys: unknown field 'retrys';"
         " known fields: name, image, command, args, env, workingDir, depends, when, retries,"
-        " timeout"
+        " timeout, kubernetes"
     ]
 
 

@@ -316,7 +316,8 @@ def test_problems_across_files_are_all_reported_sorted(tmp_path: Path) -> None:
     assert [str(p).removeprefix(f"{tmp_path}/") for p in caught.value.problems] == [
         "a.yaml:8: WorkflowTemplate/etl: spec.steps[1].retrys: unknown field 'retrys';"
         " known fields:"
-        " name, image, command, args, env, workingDir, depends, when, retries, timeout",
+        " name, image, command, args, env, workingDir, depends, when, retries, timeout,"
+        " kubernetes",
         "b.yaml:5: Trigger/t: spec.events.e.sensor: no Sensor named 'gone'; defined: hook",
     ]
 
