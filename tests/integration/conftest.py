@@ -1,4 +1,5 @@
-"""Fixtures for integration tests: `store_url`, a fresh empty database on each backend.
+"""Fixtures for integration tests: `store_url`, a fresh empty database on each backend, and
+`bus`, a started in-memory bus.
 
 Each PostgreSQL test gets a login role and a schema of the same name in database `test`: the
 default search_path ("$user", public) puts every table the test makes in that schema, so tests
@@ -17,6 +18,8 @@ import pytest
 from sqlalchemy import pool, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from eventflow.bus.memory import MemoryBus
 
 POSTGRES = "127.0.0.1:5432"
 
@@ -59,3 +62,12 @@ async def empty_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
         yield f"postgresql+asyncpg://{name}@{POSTGRES}/test"
     finally:
         await _as_admin(f"DROP SCHEMA {name} CASCADE", f"DROP ROLE {name}")
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[MemoryBus]:
+    """A started in-memory bus, closed after the test."""
+    memory = MemoryBus()
+    await memory.start()
+    yield memory
+    await memory.close()

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,14 +43,6 @@ SIGNATURE_MISMATCH = {"error": "signature does not match"}
 CREDENTIALS_MISMATCH = {"error": "credentials do not match"}
 BEARER = {"WWW-Authenticate": 'Bearer realm="eventflow"'}
 BASIC = {"WWW-Authenticate": 'Basic realm="eventflow", charset="UTF-8"'}
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    memory = MemoryBus()
-    await memory.start()
-    yield memory
-    await memory.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,14 +46,6 @@ class BrokenState(MemorySensorState):
         self, space: str, items: Mapping[str, str], *, expires_at: datetime | None = None
     ) -> None:
         raise ConnectionError("store unreachable")
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    memory = MemoryBus()
-    await memory.start()
-    yield memory
-    await memory.close()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import cast
 
@@ -50,14 +50,6 @@ def github_request(delivery: str = "d-1", method: str = "POST") -> HttpRequest:
         "x-github-delivery": delivery,
     }
     return HttpRequest(method, "github", headers, {}, PUSH.read_bytes())
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    memory = MemoryBus()
-    await memory.start()
-    yield memory
-    await memory.close()
 
 
 @pytest.fixture
