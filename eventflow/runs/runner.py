@@ -26,7 +26,7 @@ from eventflow.executors.protocol import Executor, StepKey, StepPhase, StepSpec,
 from eventflow.resources.models import WorkflowSpec
 from eventflow.runs.planning import CompiledWorkflow, Plan, plan, render_step
 from eventflow.runs.states import RunState, StepState, StepStatus, render_failed_reason
-from eventflow.store.records import RunRecord, StepLog, StepRecord, Store
+from eventflow.store.records import RunFinishedError, RunRecord, StepLog, StepRecord, Store
 
 log = structlog.get_logger()
 
@@ -240,6 +240,10 @@ class RunController:
                 while True:
                     try:
                         await self._loop(active)
+                        return
+                    except RunFinishedError as finished:
+                        # Admitted from a stale record: the run ended while it waited.
+                        log.info("run already finished; leaving it", state=finished.state)
                         return
                     except Exception:
                         # The store is the truth and what was not saved is still pending in

@@ -26,6 +26,7 @@ from eventflow.store.records import (
     DispatchResult,
     EventRecord,
     NewRun,
+    RunFinishedError,
     RunRecord,
     StepLog,
     StepRecord,
@@ -89,7 +90,7 @@ class Operations:
         self._next_position = select(func.coalesce(func.max(steps.c.position) + 1, 0)).where(
             steps.c.run_id == bindparam("p_run_id")
         )
-        self._run_id = select(runs.c.id).where(runs.c.id == bindparam("p_id"))
+        self._run_state = select(runs.c.state).where(runs.c.id == bindparam("p_id"))
         self._run = select(runs).where(runs.c.id == bindparam("p_id"))
         log_insert = insert(logs)
         self._upsert_log = log_insert.on_conflict_do_update(
@@ -98,7 +99,7 @@ class Operations:
         stamp = bindparam("p_now", type_=tables.UtcDateTime())
         set_state = (
             update(runs)
-            .where(runs.c.id == bindparam("p_id"))
+            .where(runs.c.id == bindparam("p_id"), runs.c.state.not_in(TERMINAL_RUN_STATES))
             .values(state=bindparam("p_state"), reason=bindparam("p_reason"))
         )
         self._set_state = set_state
@@ -213,14 +214,13 @@ class Operations:
         run_state: tuple[str, str | None] | None,
         now: datetime,
     ) -> None:
+        self._require_unfinished(connection, run_id)
         if steps:
             self.save_steps(connection, run_id, steps)
         if logs:
             self.save_step_logs(connection, run_id, logs)
         if run_state is not None:
             self.set_run_state(connection, run_id, *run_state, now)
-        elif not steps and not logs:
-            self._require_run(connection, run_id)
 
     def set_run_state(
         self, connection: Connection, run_id: str, state: str, reason: str | None, now: datetime
@@ -235,15 +235,22 @@ class Operations:
             statement = self._set_finished
             values["p_now"] = now
         if connection.execute(statement, values).rowcount == 0:
-            raise _missing_run(run_id)
+            self._require_unfinished(connection, run_id)
 
     def request_cancel(self, connection: Connection, run_id: str) -> RunRecord | None:
         connection.execute(self._flag_cancel, {"p_id": run_id})
         return self.get_run(connection, run_id)
 
-    def _require_run(self, connection: Connection, run_id: str) -> None:
-        if connection.scalar(self._run_id, {"p_id": run_id}) is None:
+    def _require_run(self, connection: Connection, run_id: str) -> str:
+        state = connection.scalar(self._run_state, {"p_id": run_id})
+        if state is None:
             raise _missing_run(run_id)
+        return str(state)
+
+    def _require_unfinished(self, connection: Connection, run_id: str) -> None:
+        state = self._require_run(connection, run_id)
+        if state in TERMINAL_RUN_STATES:
+            raise RunFinishedError(run_id, state)
 
     def save_steps(self, connection: Connection, run_id: str, steps: Sequence[StepRecord]) -> None:
         """Update the steps in place (the common case: they were created with the run);

@@ -21,6 +21,15 @@ TERMINAL_RUN_STATES = ("Succeeded", "Failed", "Cancelled")
 STEP_STATES = ("Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled", "TimedOut")
 
 
+class RunFinishedError(Exception):
+    """A write to a run that has already finished: a finished run stays as it ended."""
+
+    def __init__(self, run_id: str, state: str) -> None:
+        super().__init__(f"run {run_id!r} already finished ({state}); it is not changed again")
+        self.run_id = run_id
+        self.state = state
+
+
 def aware_utc(value: datetime, name: str) -> datetime:
     """`value` in UTC; a ValueError naming the field `name` when it has no timezone."""
     if value.tzinfo is None or value.utcoffset() is None:
@@ -190,13 +199,15 @@ class Store(Protocol):
         now: datetime,
     ) -> None:
         """save_steps, save_step_log and set_run_state (state, reason) in ONE transaction:
-        what the run controller learned and decided in one turn, stored before it acts."""
+        what the run controller learned and decided in one turn, stored before it acts.
+        Raises RunFinishedError, storing nothing, when the run has already finished."""
         ...
 
     async def set_run_state(
         self, run_id: str, state: str, *, reason: str | None, now: datetime
     ) -> None:
-        """Stamp started_at on the first Running and finished_at on a terminal state."""
+        """Stamp started_at on the first Running and finished_at on a terminal state.
+        Raises RunFinishedError when the run has already finished."""
         ...
 
     async def request_cancel(self, run_id: str) -> RunRecord | None: ...

@@ -117,6 +117,10 @@ async def create_run(store: SqlStore, spec: WorkflowSpec = SPEC) -> RunRecord:
 
 async def finish(controller: RunController, store: SqlStore, record: RunRecord) -> RunRecord:
     controller.admit(record)
+    return await finished(store, record)
+
+
+async def finished(store: SqlStore, record: RunRecord) -> RunRecord:
     async with asyncio.timeout(20):
         while (run := await store.get_run(record.id)) is None or run.state not in (
             "Succeeded",
@@ -256,10 +260,27 @@ async def test_cancel_stops_the_running_step(store, executor):
         while (await store.get_run(record.id)).steps[0].state != "Running":
             await asyncio.sleep(0.02)
     await controller.cancel(record.id)
-    run = await finish(controller, store, record)
+    run = await finished(store, record)
     await controller.close(1.0)
     assert (run.state, run.reason) == ("Cancelled", "cancelled by request")
     assert [(s.name, s.state, s.reason) for s in run.steps] == [("work", "Cancelled", "cancelled")]
+
+
+async def test_a_run_admitted_after_it_ended_is_left_as_it_ended(store, executor):
+    """A stale record (a run cancelled while it waited, admitted again) starts nothing."""
+    controller = RunController(store, executor, lambda: datetime.now(UTC), dict)
+    await controller.start()
+    record = await create_run(
+        store,
+        SPEC.model_validate({"steps": [{"name": "work", **python("import time; time.sleep(30)")}]}),
+    )
+    await controller.cancel(record.id)
+    controller.admit(record)  # still says Pending
+    await controller.close(5.0)
+    run = await store.get_run(record.id)
+    assert run is not None
+    assert (run.state, run.reason) == ("Cancelled", "cancelled by request")
+    assert [(s.name, s.state, s.attempt) for s in run.steps] == [("work", "Pending", 0)]
 
 
 async def test_step_past_its_timeout_is_timed_out(store, executor):

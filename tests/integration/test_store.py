@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from eventflow.errors import ConfigError, TemporaryError
 from eventflow.events import Event, ReceivedEvent
 from eventflow.store import migrations
-from eventflow.store.records import Decision, NewRun, StepLog, StepRecord
+from eventflow.store.records import Decision, NewRun, RunFinishedError, StepLog, StepRecord
 from eventflow.store.sql import SqlStore
 from eventflow.store.tables import metadata
 
@@ -352,6 +352,33 @@ async def test_run_state_stamps_start_once_and_finish(store: SqlStore) -> None:
     assert (run.state, run.reason) == ("Failed", "load failed")
     assert run.started_at == T0 + timedelta(seconds=1)
     assert run.finished_at == T0 + timedelta(seconds=3)
+
+
+async def test_a_finished_run_is_not_changed_again(store: SqlStore) -> None:
+    """Once a run has ended, no state, step or log write changes it: each is refused, whole."""
+    await dispatch(store, "r1", "e1", "k1", T0)
+    await store.set_run_state("r1", "Cancelled", reason="cancelled by request", now=T0)
+    before = await store.get_run("r1")
+    writes: list[Callable[[], Awaitable[None]]] = [
+        lambda: store.set_run_state("r1", "Running", reason=None, now=T0),
+        lambda: store.set_run_state("r1", "Succeeded", reason=None, now=T0),
+        lambda: store.save_progress(
+            "r1",
+            steps=[StepRecord("extract", "Running", attempt=1, started_at=T0)],
+            logs=[StepLog("extract", 1, "started")],
+            run_state=("Running", None),
+            now=T0,
+        ),
+        lambda: store.save_progress(
+            "r1", steps=[StepRecord("extract", "Running", attempt=1, started_at=T0)], now=T0
+        ),
+    ]
+    for write in writes:
+        with pytest.raises(RunFinishedError) as caught:
+            await write()
+        assert str(caught.value) == "run 'r1' already finished (Cancelled); it is not changed again"
+    assert await store.get_run("r1") == before
+    assert await store.get_step_log("r1", "extract", 1) is None
 
 
 async def test_run_state_rejects_unknown_state_and_naive_time(store: SqlStore) -> None:
