@@ -252,12 +252,31 @@ def _check_workflow(located: Located[WorkflowTemplate], report: _Report) -> None
             _template(located, (*at, "env", key), value, report)
         if step.workingDir is not None:
             _template(located, (*at, "workingDir"), step.workingDir, report)
+        _env_set_twice(located, index, report)
     for index, cycle in _cycles(spec.steps):
         report.add(
             located,
             ("spec", "steps", index, "depends"),
             f"dependency cycle: {' -> '.join(cycle)}; each step waits for the next, so none"
             " can start",
+        )
+
+
+def _env_set_twice(located: Located[WorkflowTemplate], index: int, report: _Report) -> None:
+    """A variable given both as a value and as a Secret/ConfigMap reference is ambiguous on
+    the Kubernetes executor; refuse it here rather than when the step's Job is built."""
+    spec = located.resource.spec
+    step = spec.steps[index]
+    refs = (spec.kubernetes.envRefs or {}) | (step.kubernetes.envRefs or {})
+    for name in sorted((spec.env | step.env).keys() & refs.keys()):
+        at: FieldPath = ("spec", "steps", index, "env", name)
+        if name not in step.env:
+            at = ("spec", "env", name)
+        report.add(
+            located,
+            at,
+            f"{name} is set both as a value (env) and as a reference (kubernetes.envRefs)"
+            f" for step {step.name!r}; keep one of them",
         )
 
 

@@ -266,6 +266,19 @@ def workflow(steps: str, extra: str = "") -> str:
             ],
         ),
         (
+            "    - name: a\n      command: [x]\n      env: {DB: x}\n"
+            "    - name: b\n      command: [x]\n"
+            "      kubernetes: {envRefs: {TOKEN: {secret: t, key: k}}}\n"
+            "    - {name: c, command: [x]}\n",
+            "  env: {TOKEN: plain}\n  kubernetes: {envRefs: {DB: {secret: db, key: password}}}\n",
+            [
+                "f.yaml:5: WorkflowTemplate/w: spec.env.TOKEN: TOKEN is set both as a value"
+                " (env) and as a reference (kubernetes.envRefs) for step 'b'; keep one of them",
+                "f.yaml:10: WorkflowTemplate/w: spec.steps[0].env.DB: DB is set both as a value"
+                " (env) and as a reference (kubernetes.envRefs) for step 'a'; keep one of them",
+            ],
+        ),
+        (
             "    - {name: a, command: [x]}\n",
             "  parameters: [{name: p}, {name: p}]\n",
             [
