@@ -34,7 +34,8 @@ second call without a new fact changes nothing but repeating `cancel`):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import heapq
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -54,6 +55,7 @@ from eventflow.runs.states import (
 )
 
 _FAILED = (StepState.FAILED, StepState.TIMED_OUT)
+_NEVER_STARTED = StepStatus()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +69,7 @@ class CompiledStep:
     args: tuple[tuple[str, Template], ...]
     env: tuple[tuple[str, str, Template], ...]  # (variable, field path, template)
     working_dir: tuple[str, Template] | None
-
-    @property
-    def retry_limit(self) -> int:
-        return self.step.retries.limit
+    retry_limit: int  # step.retries.limit, read on every plan for every step
 
 
 @contextmanager
@@ -105,32 +104,46 @@ def _compile_step(spec: WorkflowSpec, index: int, step: Step) -> CompiledStep:
         working_dir=None
         if step.workingDir is None
         else _template(f"{place}.workingDir", step.workingDir),
+        retry_limit=step.retries.limit,
     )
 
 
 def _topological_order(spec: WorkflowSpec) -> tuple[str, ...]:
     """Dependencies first, ties in spec order; bad names and cycles raise ConfigError."""
     names = [step.name for step in spec.steps]
+    position: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if position.setdefault(name, index) != index:
+            raise ConfigError(f"spec.steps[{index}].name: {name!r} is used twice")
     for index, step in enumerate(spec.steps):
-        if names.index(step.name) != index:
-            raise ConfigError(f"spec.steps[{index}].name: {step.name!r} is used twice")
-        for position, dependency in enumerate(step.depends):
-            if dependency not in names:
+        for place, dependency in enumerate(step.depends):
+            if dependency not in position:
                 raise ConfigError(
-                    f"spec.steps[{index}].depends[{position}]: {dependency!r} is not a step"
+                    f"spec.steps[{index}].depends[{place}]: {dependency!r} is not a step"
                     f" of this workflow; steps: {', '.join(names)}"
                 )
+    # Kahn's algorithm, always taking the ready step that comes first in the spec.
+    waiting_on = {step.name: len(set(step.depends)) for step in spec.steps}
+    dependents: dict[str, list[str]] = {name: [] for name in names}
+    for step in spec.steps:
+        for dependency in set(step.depends):
+            dependents[dependency].append(step.name)
+    ready = [position[name] for name, count in waiting_on.items() if count == 0]
+    heapq.heapify(ready)
     order: list[str] = []
-    remaining = list(spec.steps)
-    while remaining:
-        ready = next((s for s in remaining if all(d in order for d in s.depends)), None)
-        if ready is None:
-            raise ConfigError(
-                f"spec.steps: {', '.join(s.name for s in remaining)} depend on each other in a"
-                " cycle (or on a step that does); `depends` must form a DAG"
-            )
-        order.append(ready.name)
-        remaining.remove(ready)
+    while ready:
+        name = names[heapq.heappop(ready)]
+        order.append(name)
+        for dependent in dependents[name]:
+            waiting_on[dependent] -= 1
+            if waiting_on[dependent] == 0:
+                heapq.heappush(ready, position[dependent])
+    if len(order) < len(names):
+        placed = set(order)
+        raise ConfigError(
+            f"spec.steps: {', '.join(n for n in names if n not in placed)} depend on each other"
+            " in a cycle (or on a step that does); `depends` must form a DAG"
+        )
     return tuple(order)
 
 
@@ -301,8 +314,7 @@ def _first_move(
     workflow: CompiledWorkflow,
     name: str,
     current: Mapping[str, StepStatus],
-    params: Mapping[str, str],
-    run: Mapping[str, str],
+    context: Callable[[], Mapping[str, Any]],
 ) -> tuple[StepState, str] | None:
     """A never-started step's next state and reason (Running: may start); None: not yet."""
     blocked = _blocked_by(workflow, name, current)
@@ -314,7 +326,7 @@ def _first_move(
     if compiled.when is None:
         return StepState.RUNNING, ""
     try:
-        holds = compiled.when.holds(workflow.context(params, run, current))
+        holds = compiled.when.holds(context())
     except ExpressionError as error:
         return StepState.FAILED, when_failed_reason(compiled.when.source, str(error))
     if holds:
@@ -332,8 +344,15 @@ def plan(
     cancel_requested: bool = False,
 ) -> Plan:
     """Decide what to do with the run now; `steps` misses the steps never started."""
-    current = {name: steps.get(name, StepStatus()) for name in workflow.steps}
-    spec_order = {name: compiled.index for name, compiled in workflow.steps.items()}
+    current = {name: steps.get(name, _NEVER_STARTED) for name in workflow.steps}
+    # `when` sees the final steps; built once, and again only after this plan ends a step.
+    contexts: list[Mapping[str, Any]] = []
+
+    def context() -> Mapping[str, Any]:
+        if not contexts:
+            contexts.append(workflow.context(params, run, current))
+        return contexts[-1]
+
     skip: list[tuple[str, str]] = []
     fail: list[tuple[str, str]] = []
     candidates: list[tuple[str, int]] = []
@@ -352,7 +371,7 @@ def plan(
                 wake_at = due if wake_at is None else min(wake_at, due)
             continue
         pending = status.state is StepState.PENDING
-        move = _first_move(workflow, name, current, params, run) if pending else None
+        move = _first_move(workflow, name, current, context) if pending else None
         if move is None:
             continue
         if move[0] is StepState.RUNNING:
@@ -360,6 +379,7 @@ def plan(
             continue
         (skip if move[0] is StepState.SKIPPED else fail).append((name, move[1]))
         current[name] = replace(status, state=move[0], reason=move[1], finished_at=now)
+        contexts.clear()
         if fail and workflow.spec.failFast:
             break  # what is left is abandoned below, not skipped
 
@@ -384,14 +404,14 @@ def plan(
         running = sum(status.state is StepState.RUNNING for status in current.values())
         limit = workflow.spec.parallelism
         slots = len(candidates) if limit is None else max(limit - running, 0)
-        start = sorted(candidates, key=lambda c: spec_order[c[0]])[:slots]
+        start = sorted(candidates, key=lambda c: workflow.steps[c[0]].index)[:slots]
         for name, attempt in start:
             current[name] = replace(current[name], state=StepState.RUNNING, attempt=attempt)
     run_state, run_reason = _outcome(workflow, current, now, cancel_requested)
     return Plan(
         start=tuple(start),
-        skip=tuple(sorted(skip, key=lambda item: spec_order[item[0]])),
-        fail=tuple(sorted(fail, key=lambda item: spec_order[item[0]])),
+        skip=tuple(sorted(skip, key=lambda item: workflow.steps[item[0]].index)),
+        fail=tuple(sorted(fail, key=lambda item: workflow.steps[item[0]].index)),
         cancel=cancel,
         abandon=abandon,
         wake_at=wake_at,

@@ -142,6 +142,18 @@ def test_starts_follow_spec_order_not_dependency_order() -> None:
     assert planned(workflow) == outcome(start=(("early", 1), ("root", 1)))
 
 
+def test_order_takes_the_first_ready_step_in_the_spec_each_time() -> None:
+    """Dependencies first; among the steps ready at each point, the spec's first one."""
+    workflow = compiled([step("d", "b", "c"), step("c"), step("b", "c", "c"), step("a")])
+    assert workflow.order == ("c", "b", "d", "a")
+
+
+def test_order_of_a_5000_step_chain_written_backwards() -> None:
+    """The last step written runs first; ordering such a chain stays linear."""
+    steps = [step(f"s{i}", f"s{i + 1}") for i in range(4999)] + [step("s4999")]
+    assert compiled(steps).order == tuple(f"s{i}" for i in reversed(range(5000)))
+
+
 def test_parallelism_caps_running_steps_in_fan_out() -> None:
     """With parallelism 2 only two of four ready steps start, counting those running."""
     workflow = compiled([step("root"), *(step(f"s{i}", "root") for i in range(4))], parallelism=2)
