@@ -5,6 +5,10 @@ after the stream's PubAck; `Nats-Msg-Id` (sensor + event id) lets the server dro
 within its duplicate window. Each consumer group is ONE durable pull consumer, shared by every
 replica that subscribes with the same group name.
 
+Publishing goes through one PubAck mux (nats_publishing.py); reading through one prefetching
+pull per subscription (nats_pulling.py). Acks and naks are plain publishes, flushed with the
+connection's buffer: no round trip each.
+
 Dead letters: the bus, not the server, counts deliveries. A message delivered more than
 `max_deliver` times, or whose payload does not decode, is copied to the dead-letter stream,
 then terminated; if the copy fails it is nak'ed and comes back. A server-side limit would
@@ -30,6 +34,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from eventflow.bus.nats_publishing import PubAckMux, PublishFailedError
+from eventflow.bus.nats_pulling import Puller
 from eventflow.bus.protocol import DeadLetter
 from eventflow.errors import BusUnavailableError, ConfigError, InvalidEventError, PermanentError
 from eventflow.events import ReceivedEvent
@@ -39,8 +45,7 @@ log = structlog.get_logger()
 REASON_HEADER = "Eventflow-Dead-Reason"
 SUBJECT_HEADER = "Eventflow-Dead-Subject"
 _DRAIN_POLL_SECONDS = 0.05
-_IDLE_PULL_SECONDS = 5.0
-_BATCH_PULL_SECONDS = 0.05
+_PULL_EXPIRES_SECONDS = 5.0
 
 
 class NatsDelivery:
@@ -125,6 +130,8 @@ class NatsBus:
         self._reconnect_wait = reconnect_wait_seconds
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._publisher: PubAckMux | None = None
+        self._pullers: set[Puller] = set()
         self._groups: set[str] = set()
         self._closed = False
 
@@ -155,11 +162,13 @@ class NatsBus:
                 " enabled (-js) and that bus.url points at it"
             ) from error
         self._nc = nc
-        self._js = nc.jetstream(
-            timeout=self._publish_timeout, publish_async_max_pending=self._max_in_flight
+        self._js = nc.jetstream(timeout=self._publish_timeout)
+        self._publisher = PubAckMux(
+            nc, max_in_flight=self._max_in_flight, timeout_seconds=self._publish_timeout
         )
         self._closed = False
         try:
+            await self._publisher.start()
             await self._ensure_stream(self._stream, [f"{self._prefix}.>"])
             await self._ensure_stream(self._dead_stream, [self._dead_subject])
         except BaseException:
@@ -170,8 +179,14 @@ class NatsBus:
         """Stop fetching and flush what is buffered (acks, naks), then disconnect."""
         self._closed = True
         nc, self._nc, self._js = self._nc, None, None
+        publisher, self._publisher = self._publisher, None
+        for puller in list(self._pullers):
+            await puller.stop()  # wakes its subscriber, whose loop then ends
         if nc is None or nc.is_closed:
             return
+        if publisher is not None:
+            with contextlib.suppress(NatsError):
+                await publisher.close()
         try:
             async with asyncio.timeout(self._publish_timeout):
                 await nc.drain()
@@ -185,48 +200,51 @@ class NatsBus:
         return self._js is not None and self._nc is not None and self._nc.is_connected
 
     async def publish(self, event: ReceivedEvent) -> None:
-        js = self._ready()
-        if not self.connected:
+        self._ready()
+        publisher = self._publisher
+        if publisher is None or not self.connected:
             # Refused at once: a publish buffered during a reconnect would hold the sender
             # for the whole publish timeout and then fail anyway.
             raise BusUnavailableError(
                 f"NATS at {self._url} is unreachable, reconnecting; send the event again shortly"
             )
         subject = f"{self._prefix}.{event.sensor}"
-        headers = {"Nats-Msg-Id": f"{event.sensor}:{event.id}"}
+        headers = {
+            "Nats-Msg-Id": f"{event.sensor}:{event.id}",
+            # A PubAck from another stream on these subjects would not be ours to trust.
+            "Nats-Expected-Stream": self._stream,
+        }
         try:
-            # One deadline over both waits: a slot in the in-flight window, then the PubAck.
-            # Concurrent publishes share the window, so the client sends them back to back
-            # and their acks return together. On timeout the pending ack future is cancelled,
-            # which gives its slot back.
-            async with asyncio.timeout(self._publish_timeout):
-                pending = await js.publish_async(
-                    subject, event.encode(), stream=self._stream, headers=headers
-                )
-                await pending
-        except (TimeoutError, NatsError) as error:
+            await publisher.publish(subject, event.encode(), headers)
+        except (PublishFailedError, NatsError) as error:
             raise BusUnavailableError(
                 f"NATS at {self._url} did not store the event on {subject!r} in stream"
-                f" {self._stream!r} ({error!r}); check that nats-server runs with JetStream"
+                f" {self._stream!r}: {error}; check that nats-server runs with JetStream"
                 " and has room, then send the event again"
             ) from error
 
     async def subscribe(self, group: str) -> AsyncIterator[NatsDelivery]:
         js = self._ready()
-        subscription = await self._bind(js, group)
+        assert self._nc is not None
+        await self._bind(js, group)
+        puller = Puller(
+            self._nc,
+            stream=self._stream,
+            durable=group,
+            batch=self._fetch_batch,
+            expires_seconds=_PULL_EXPIRES_SECONDS,
+        )
         self._groups.add(group)
-        batch = 1
+        self._pullers.add(puller)
         try:
-            while not self._closed:
-                messages = await self._pull(subscription, group, batch)
-                for msg in messages:
-                    delivery = await self._receive(js, msg)
-                    if delivery is not None:
-                        yield delivery
-                batch = self._fetch_batch if messages else 1
+            await puller.start()
+            while (msg := await puller.next()) is not None:
+                delivery = await self._receive(js, msg)
+                if delivery is not None:
+                    yield delivery
         finally:
-            with contextlib.suppress(NatsError):
-                await subscription.unsubscribe()
+            self._pullers.discard(puller)
+            await puller.stop()
 
     async def drain(self, grace_seconds: float) -> bool:
         """Wait until the groups subscribed here have nothing pending or unacknowledged."""
@@ -333,7 +351,8 @@ class NatsBus:
                 " dead-letter subject against the streams already on the server"
             ) from error
 
-    async def _bind(self, js: JetStreamContext, group: str) -> JetStreamContext.PullSubscription:
+    async def _bind(self, js: JetStreamContext, group: str) -> None:
+        """Make the group's durable consumer unless it exists (replicas share it)."""
         try:
             await js.consumer_info(self._stream, group)
         except NotFoundError:
@@ -349,25 +368,6 @@ class NatsBus:
                 ),
             )
             log.info("consumer created", stream=self._stream, group=group)
-        return await js.pull_subscribe_bind(durable=group, stream=self._stream)
-
-    async def _pull(
-        self, subscription: JetStreamContext.PullSubscription, group: str, batch: int
-    ) -> list[Msg]:
-        """Idle, wait long for one message; busy, take up to a batch of what is ready.
-
-        A pull for N is answered when N arrived or it expired: a lone event would wait."""
-        wait = _IDLE_PULL_SECONDS if batch == 1 else _BATCH_PULL_SECONDS
-        try:
-            messages: list[Msg] = await subscription.fetch(batch, timeout=wait)
-        except TimeoutError:
-            return []
-        except NatsError as error:
-            if not self._closed:
-                log.warning("bus fetch failed", group=group, error=repr(error))
-                await asyncio.sleep(self._reconnect_wait)
-            return []
-        return messages
 
     async def _receive(self, js: JetStreamContext, msg: Msg) -> NatsDelivery | None:
         attempt = msg.metadata.num_delivered
@@ -417,6 +417,11 @@ class NatsBus:
 
     async def _on_disconnected(self) -> None:
         (log.info if self._closed else log.warning)("bus disconnected", url=self._url)
+        if self._publisher is not None:
+            # Their PubAcks would have come on the lost connection: waiting is pointless.
+            self._publisher.fail_all("the connection dropped before the PubAck came")
 
     async def _on_reconnected(self) -> None:
         log.info("bus reconnected", url=self._url)
+        for puller in list(self._pullers):
+            await puller.pull_again()
