@@ -64,6 +64,17 @@ class HttpSensor(Protocol):
     async def handle(self, request: HttpRequest, emit: Emit) -> HttpReply: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SpaceWrite:
+    """What one `SensorState.write_spaces` call does to one space: put `put`'s entries, all
+    expiring at `expires_at` (None: never), then delete the keys in `delete`."""
+
+    space: str
+    put: Mapping[str, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    delete: Sequence[str] = ()
+
+
 class SensorState(Protocol):
     """A sensor's own keys and values in eventflow's store: checkpoints, dedupe windows.
 
@@ -72,6 +83,9 @@ class SensorState(Protocol):
     as UTF-8 bytes, the order S3 lists objects in, so a listing can be merged with `scan`.
     Write state only after the event it accounts for is on the bus: a crash in between emits
     again, which the engine's run dedupe absorbs, where the other order would lose the event.
+    A sensor that keeps several spaces per batch reads and writes them with `read_spaces` and
+    `write_spaces`: one round trip and one transaction each, where a call per space costs one
+    transaction per space.
     """
 
     async def get(self, space: str, key: str) -> str | None: ...
@@ -83,6 +97,15 @@ class SensorState(Protocol):
     ) -> None: ...
 
     async def delete_many(self, space: str, keys: Sequence[str]) -> None: ...
+
+    async def read_spaces(self, keys: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        """The live entries among `keys` (space -> keys), as space -> key -> value, every
+        space of `keys` present (empty when none of its keys is); one read."""
+        ...
+
+    async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
+        """Apply `writes` in order, all or none: one transaction."""
+        ...
 
     async def scan(
         self, space: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
@@ -111,6 +134,16 @@ class ReportsConnection(Protocol):
 
     @property
     def connected(self) -> bool: ...
+
+
+@runtime_checkable
+class ReportsProblem(Protocol):
+    """Optional, beside `ReportsConnection`: why the sensor cannot use its source now, in words
+    the user can act on ("queue 'x' does not exist", "access denied on bucket 'y'"); None
+    while all is well. /readyz shows it next to `connected`."""
+
+    @property
+    def problem(self) -> str | None: ...
 
 
 class SensorPlugin(Protocol):

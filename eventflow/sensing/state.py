@@ -7,10 +7,11 @@ three. It survives nothing: the service always gives sensors the store's.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from eventflow.sensing.protocol import SensorContext
+from eventflow.sensing.protocol import SensorContext, SpaceWrite
 
 
 def check_space(space: str) -> None:
@@ -27,35 +28,58 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class MemorySensorState:
-    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
-        self._clock = clock
-        self._entries: dict[tuple[str, str], tuple[str, datetime | None]] = {}
+class SpacesState(ABC):
+    """The one-space calls of `SensorState`, each one `read_spaces` or `write_spaces` call."""
+
+    @abstractmethod
+    async def read_spaces(self, keys: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        """The live values of `keys` by space, in one read."""
+
+    @abstractmethod
+    async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
+        """Every write, in order, all or none."""
 
     async def get(self, space: str, key: str) -> str | None:
         return (await self.get_many(space, [key])).get(key)
 
     async def get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
-        check_space(space)
-        now = self._clock()
-        found: dict[str, str] = {}
-        for key in keys:
-            entry = self._entries.get((space, key))
-            if entry is not None and (entry[1] is None or entry[1] > now):
-                found[key] = entry[0]
-        return found
+        return (await self.read_spaces({space: keys}))[space]
 
     async def put_many(
         self, space: str, items: Mapping[str, str], *, expires_at: datetime | None = None
     ) -> None:
-        check_space(space)
-        for key, value in items.items():
-            self._entries[(space, key)] = (value, expires_at)
+        await self.write_spaces([SpaceWrite(space, items, expires_at)])
 
     async def delete_many(self, space: str, keys: Sequence[str]) -> None:
-        check_space(space)
-        for key in keys:
-            self._entries.pop((space, key), None)
+        await self.write_spaces([SpaceWrite(space, delete=keys)])
+
+
+class MemorySensorState(SpacesState):
+    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+        self._clock = clock
+        self._entries: dict[tuple[str, str], tuple[str, datetime | None]] = {}
+
+    async def read_spaces(self, keys: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        for space in keys:
+            check_space(space)
+        now = self._clock()
+        found: dict[str, dict[str, str]] = {space: {} for space in keys}
+        for space, wanted in keys.items():
+            for key in wanted:
+                entry = self._entries.get((space, key))
+                if entry is not None and (entry[1] is None or entry[1] > now):
+                    found[space][key] = entry[0]
+        return found
+
+    async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
+        # Checked before anything changes, so a refused call leaves no part of it behind.
+        for write in writes:
+            check_space(write.space)
+        for write in writes:
+            for key, value in write.put.items():
+                self._entries[(write.space, key)] = (value, write.expires_at)
+            for key in write.delete:
+                self._entries.pop((write.space, key), None)
 
     async def scan(
         self, space: str, *, prefix: str = "", after: str | None = None, limit: int = 1000

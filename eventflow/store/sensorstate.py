@@ -1,9 +1,11 @@
 """`SqlSensorState`: one sensor's keys and values in the `sensor_state` table.
 
-Each call is one transaction through the store's runner, like every other store call. Keys
-are compared as bytes (the table's collation), so `scan` pages through them in the order S3
-lists objects. Long key lists are split into chunks so no statement outgrows the database's
-limit on bound parameters. This module does not decide what a sensor keeps or for how long.
+Each call is one transaction through the store's runner, like every other store call;
+`read_spaces` and `write_spaces` cover several spaces in that one transaction. Keys are
+compared as bytes (the table's collation), so `scan` pages through them in the order S3 lists
+objects. Long key lists are split into chunks so no statement outgrows the database's limit on
+bound parameters; rows are upserted by one statement run for many rows. This module does not
+decide what a sensor keeps or for how long.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from eventflow.sensing.state import check_scan_limit, check_space
+from eventflow.sensing.protocol import SpaceWrite
+from eventflow.sensing.state import SpacesState, check_scan_limit, check_space
 from eventflow.store.records import aware_utc
 from eventflow.store.runner import Runner
 from eventflow.store.tables import sensor_state
 
 T = TypeVar("T")
-# SQLite allows 32,766 bound parameters since 3.32 and PostgreSQL 65,535; a chunk binds ~4 each.
+# SQLite allows 32,766 bound parameters since 3.32 and PostgreSQL 65,535; a chunk binds one per key.
 _CHUNK = 500
 
 
@@ -30,14 +33,22 @@ def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
         yield items[start : start + _CHUNK]
 
 
-class SqlSensorState:
+class SqlSensorState(SpacesState):
     """The state of the sensor `sensor`; `clock` gives the aware UTC now that expiry uses."""
 
     def __init__(self, runner: Runner, sensor: str, clock: Callable[[], datetime]) -> None:
         self._runner = runner
         self._sensor = sensor
         self._clock = clock
-        self._insert = postgresql.insert if runner.dialect == "postgresql" else sqlite.insert
+        insert = postgresql.insert if runner.dialect == "postgresql" else sqlite.insert
+        statement = insert(sensor_state)
+        # Built once and run with a list of rows (executemany): the compiled form is cached, where
+        # a multi-row VALUES is compiled again for every number of rows and cost more than the
+        # database's own work.
+        self._upsert = statement.on_conflict_do_update(
+            index_elements=["sensor", "space", "key"],
+            set_={"value": statement.excluded.value, "expires_at": statement.excluded.expires_at},
+        )
 
     def _in(self, space: str) -> ColumnElement[bool]:
         return and_(sensor_state.c.sensor == self._sensor, sensor_state.c.space == space)
@@ -46,71 +57,60 @@ class SqlSensorState:
         now = aware_utc(self._clock(), "clock()")
         return or_(sensor_state.c.expires_at.is_(None), sensor_state.c.expires_at > now)
 
-    async def get(self, space: str, key: str) -> str | None:
-        return (await self.get_many(space, [key])).get(key)
-
-    async def get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
-        check_space(space)
-        if not keys:
-            return {}
+    async def read_spaces(self, keys: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        for space in keys:
+            check_space(space)
+        found: dict[str, dict[str, str]] = {space: {} for space in keys}
+        wanted = [(space, list(names)) for space, names in keys.items() if names]
+        if not wanted:
+            return found
         live = self._live()
 
-        def read(connection: Connection) -> dict[str, str]:
-            found: dict[str, str] = {}
-            for chunk in _chunks(list(keys)):
-                query = select(sensor_state.c.key, sensor_state.c.value).where(
-                    self._in(space), sensor_state.c.key.in_(chunk), live
-                )
-                found.update((row.key, row.value) for row in connection.execute(query))
+        def read(connection: Connection) -> dict[str, dict[str, str]]:
+            for space, names in wanted:
+                for chunk in _chunks(names):
+                    query = select(sensor_state.c.key, sensor_state.c.value).where(
+                        self._in(space), sensor_state.c.key.in_(chunk), live
+                    )
+                    found[space].update((row.key, row.value) for row in connection.execute(query))
             return found
 
         return await self._runner.read(read)
 
-    async def put_many(
-        self, space: str, items: Mapping[str, str], *, expires_at: datetime | None = None
-    ) -> None:
-        check_space(space)
-        if not items:
+    async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
+        for write in writes:
+            check_space(write.space)
+        steps = [
+            (write.space, self._rows(write), list(write.delete))
+            for write in writes
+            if write.put or write.delete
+        ]
+        if not steps:
             return
-        expiry = None if expires_at is None else aware_utc(expires_at, "expires_at")
-        rows = [
+
+        def apply(connection: Connection) -> None:
+            for space, rows, gone in steps:
+                if rows:
+                    connection.execute(self._upsert, rows)
+                for keys in _chunks(gone):
+                    connection.execute(
+                        delete(sensor_state).where(self._in(space), sensor_state.c.key.in_(keys))
+                    )
+
+        await self._runner.write(apply)
+
+    def _rows(self, write: SpaceWrite) -> list[dict[str, object]]:
+        expiry = None if write.expires_at is None else aware_utc(write.expires_at, "expires_at")
+        return [
             {
                 "sensor": self._sensor,
-                "space": space,
+                "space": write.space,
                 "key": key,
                 "value": value,
                 "expires_at": expiry,
             }
-            for key, value in items.items()
+            for key, value in write.put.items()
         ]
-
-        def write(connection: Connection) -> None:
-            for chunk in _chunks(rows):
-                statement = self._insert(sensor_state).values(list(chunk))
-                connection.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["sensor", "space", "key"],
-                        set_={
-                            "value": statement.excluded.value,
-                            "expires_at": statement.excluded.expires_at,
-                        },
-                    )
-                )
-
-        await self._runner.write(write)
-
-    async def delete_many(self, space: str, keys: Sequence[str]) -> None:
-        check_space(space)
-        if not keys:
-            return
-
-        def write(connection: Connection) -> None:
-            for chunk in _chunks(list(keys)):
-                connection.execute(
-                    delete(sensor_state).where(self._in(space), sensor_state.c.key.in_(chunk))
-                )
-
-        await self._runner.write(write)
 
     async def scan(
         self, space: str, *, prefix: str = "", after: str | None = None, limit: int = 1000

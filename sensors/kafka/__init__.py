@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from eventflow.sensing.protocol import SensorContext
 from sensors.kafka.config import KafkaConfig
 from sensors.kafka.sensor import KafkaSensor
+from sensors.objectstore.reporting import Reporter
 
 __all__ = ["KafkaConfig", "KafkaPlugin", "KafkaSensor", "plugin"]
 
@@ -29,7 +30,10 @@ class KafkaPlugin:
                 f"sensor {name}: the kafka plugin takes a KafkaConfig,"
                 f" got {type(config).__name__}; validate spec.kafka with plugin.config_model"
             )
-        return KafkaSensor(name, config)
+        notifications = None
+        if config.valueFormat == "s3":
+            notifications = Reporter(name, config.s3, context.state, context.clock)
+        return KafkaSensor(name, config, notifications=notifications)
 
 
 plugin = KafkaPlugin()

@@ -23,6 +23,7 @@ from eventflow.expressions import Template, compile_template
 from eventflow.resources.models import Strict
 from eventflow.sensing.secrets import SecretSource
 from eventflow.sensing.templating import TemplateOver
+from sensors.objectstore.config import NotificationFilters, check_s3_format
 
 # What `event.*` templates may refer to: `record`, a map with topic, partition, offset, key
 # (text), headers (map of name to text), value (as valueFormat makes it) and timestamp.
@@ -32,7 +33,7 @@ DEFAULT_TYPE = "eventflow.kafka.record"
 POISON_TYPE = "eventflow.kafka.poison"
 DEFAULT_MAX_RECORD_BYTES = 1_048_576
 StartFrom = Literal["latest", "earliest"]
-ValueFormat = Literal["json", "text", "base64"]
+ValueFormat = Literal["json", "text", "base64", "s3"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 # Kafka's own rule for topic names (kafka.common.internals.Topic).
@@ -137,7 +138,13 @@ class KafkaConfig(Strict):
     valueFormat: ValueFormat = Field(
         default="json",
         description="how a value that is no CloudEvent becomes data: json (a value that is not"
-        " JSON is a poison record), text (UTF-8) or base64 (bytes)",
+        " JSON is a poison record), text (UTF-8) or base64 (bytes); s3: every value is an"
+        " S3/MinIO bucket notification, one event per object change (MinIO's Kafka target)",
+    )
+    s3: NotificationFilters = Field(
+        default_factory=NotificationFilters,
+        description="with valueFormat s3: which object changes count (bucket, prefix, suffix,"
+        " events, minSize, maxSize), keyEncoding and the dedupe window, as in spec.objectstore",
     )
     maxRecordBytes: int = Field(
         default=DEFAULT_MAX_RECORD_BYTES,
@@ -194,6 +201,7 @@ class KafkaConfig(Strict):
     def _one_selection(self) -> Self:
         if (self.topics is None) == (self.topicPattern is None):
             raise ValueError("give exactly one of topics (a list) or topicPattern (a regex)")
+        check_s3_format(self.valueFormat == "s3", self.model_fields_set, "valueFormat")
         if self.deadLetterTopic is not None and self._reads(self.deadLetterTopic):
             raise ValueError(
                 f"deadLetterTopic {self.deadLetterTopic!r} is one of the topics this sensor"

@@ -121,13 +121,19 @@ def _key_text(key: bytes | None) -> str | None:
         return base64.b64encode(key).decode("ascii")
 
 
-def normalize(record: KafkaRecord, config: KafkaConfig) -> Event:
-    """The event a record carries; raise PoisonRecord when it can carry none."""
+def check_size(record: KafkaRecord, config: KafkaConfig) -> None:
+    """Raise PoisonRecord when the value is larger than maxRecordBytes."""
     size = len(record.value or b"")
     if size > config.maxRecordBytes:
         raise PoisonRecord(
             f"value is {size} bytes, more than maxRecordBytes ({config.maxRecordBytes})"
         )
+
+
+def normalize(record: KafkaRecord, config: KafkaConfig) -> Event:
+    """The event a record carries; raise PoisonRecord when it can carry none. A record of
+    valueFormat s3 is the sensor's to decode (`sensors.objectstore`), not this function's."""
+    check_size(record, config)
     headers = _header_map(record)
     content_type = _header_text(headers, "content-type")
     essence = _essence(content_type)

@@ -6,10 +6,14 @@ partition up to the last done record, after each fetched batch and when partitio
 revoked or the sensor stops (promise 1). Records of one partition go to the bus in order;
 partitions are worked on side by side. An event the bus does not take is retried with
 backoff, never skipped. A poison record is published as an eventflow.kafka.poison event (or
-copied to `deadLetterTopic`), counted, and passed. When the brokers cannot be reached the
-sensor reports `connected = False`, drops its client and connects again with backoff; the
-group then resumes from the last committed offset, so a record may reach the bus twice, with
-the same event id (promise 2 makes that harmless), but is never lost.
+copied to `deadLetterTopic`), counted, and passed. With `valueFormat: s3` each value is an
+object-store notification (MinIO's Kafka target): the object-store sensor's reporter decodes it,
+filters, drops duplicates and older changes, and emits one event per change; the offset moves
+only once all of them are on the bus, and an undecodable value is a poison record. When the
+brokers cannot be reached the sensor reports `connected = False`, drops its client and
+connects again with backoff; the group then resumes from the last committed offset, so a
+record may reach the bus twice, with the same event id (promise 2 makes that harmless), but is
+never lost.
 
 This module does not map records to events, validate configuration or retry the bus itself.
 """
@@ -30,10 +34,20 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from eventflow.errors import BusUnavailableError, TemporaryError
+from eventflow.events import Event, ReceivedEvent
 from eventflow.sensing.protocol import Emit
 from eventflow.sensing.secrets import read_secret
 from sensors.kafka.config import KafkaConfig
-from sensors.kafka.normalizing import KafkaRecord, PoisonRecord, normalize, poison_event
+from sensors.kafka.normalizing import (
+    KafkaRecord,
+    PoisonRecord,
+    check_size,
+    normalize,
+    poison_event,
+)
+from sensors.objectstore.config import NotificationFilters
+from sensors.objectstore.normalizing import DecodeError
+from sensors.objectstore.reporting import Reporter
 
 log = structlog.get_logger()
 
@@ -130,9 +144,12 @@ class KafkaSensor:
         heartbeat_interval_seconds: float = 1.0,
         metadata_refresh_seconds: float = 30.0,
         max_batch: int = 500,
+        notifications: Reporter[NotificationFilters] | None = None,
     ) -> None:
+        """`notifications` reports the values of valueFormat s3; the plugin makes it."""
         self.name = name
         self.config = config
+        self.notifications = notifications
         self._backoff = backoff or Backoff()
         self._environ = environ
         self._client_options: dict[str, Any] = {
@@ -143,12 +160,18 @@ class KafkaSensor:
             "max_poll_records": max_batch,
         }
         self._connected = False
+        self._problem: str | None = None
         self._poison = 0
 
     @property
     def connected(self) -> bool:
         """Whether the consumer is in touch with the brokers, for /readyz."""
         return self._connected
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last connection failed, for /readyz; None once connected."""
+        return self._problem
 
     @property
     def poison_count(self) -> int:
@@ -162,6 +185,11 @@ class KafkaSensor:
                 await self._consume(emit)
             except (KafkaError, OSError, TemporaryError) as error:
                 self._connected = False
+                servers = ",".join(self.config.bootstrapServers)
+                self._problem = (
+                    f"brokers {servers}: {error}; check bootstrapServers, security and that"
+                    " the brokers are up"
+                )
                 delay = self._backoff.delay(failures)
                 failures += 1
                 log.warning(
@@ -207,7 +235,7 @@ class KafkaSensor:
                 await consumer.start()
                 if producer is not None:
                     await producer.start()
-                self._connected = True
+                self._connected, self._problem = True, None
                 log.info("kafka connected", sensor=self.name, group=self.config.group_id(self.name))
                 await self._polling(consumer, producer, progress, emit)
             except KafkaError:
@@ -257,18 +285,35 @@ class KafkaSensor:
                 return  # revoked meanwhile: the next owner reads the rest
             record = record_of(message)
             try:
-                event = normalize(record, self.config)
+                if self.notifications is None:
+                    await self._emit(normalize(record, self.config), emit)
+                else:
+                    await self._notification(record, self.notifications, emit)
             except PoisonRecord as poison:
                 await self._pass_poison(record, poison.reason, producer, emit)
-            else:
-                await self._emit(event, emit)
             progress.mark(tp, record.offset)
 
-    async def _emit(self, event: Any, emit: Emit) -> None:
+    async def _notification(
+        self, record: KafkaRecord, reporter: Reporter[NotificationFilters], emit: Emit
+    ) -> None:
+        """One value of valueFormat s3: its object changes, each on the bus; the value is
+        decoded whole before the first is emitted, so a poison value publishes nothing."""
+        check_size(record, self.config)
+
+        async def patient(event: Event) -> ReceivedEvent:
+            return await self._emit(event, emit)
+
+        try:
+            await reporter.report_message(record.value or b"", patient)
+        except DecodeError as error:
+            raise PoisonRecord(str(error)) from error
+        await reporter.purge_due()
+
+    async def _emit(self, event: Event, emit: Emit) -> ReceivedEvent:
         attempt = 0
         while True:
             try:
-                await emit(event)
+                return await emit(event)
             except BusUnavailableError as error:
                 delay = self._backoff.delay(attempt)
                 attempt += 1
@@ -280,8 +325,6 @@ class KafkaSensor:
                     retry_in=delay,
                 )
                 await asyncio.sleep(delay)
-            else:
-                return
 
     async def _pass_poison(
         self, record: KafkaRecord, reason: str, producer: Any, emit: Emit

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from eventflow.sensing.protocol import SensorContext
 from sensors.nats.config import NatsConfig
 from sensors.nats.sensor import NatsSensor
+from sensors.objectstore.reporting import Reporter
 
 __all__ = ["NatsConfig", "NatsPlugin", "NatsSensor", "plugin"]
 
@@ -29,7 +30,10 @@ class NatsPlugin:
                 f"sensor {name}: the nats plugin takes a NatsConfig, got"
                 f" {type(config).__name__}; validate spec.nats with plugin.config_model"
             )
-        return NatsSensor(name, config)
+        notifications = None
+        if config.payloadFormat == "s3":
+            notifications = Reporter(name, config.s3, context.state, context.clock)
+        return NatsSensor(name, config, notifications=notifications)
 
 
 plugin = NatsPlugin()

@@ -23,6 +23,7 @@ from eventflow.expressions import Template, compile_template
 from eventflow.resources.models import Strict
 from eventflow.sensing.secrets import SecretSource
 from eventflow.sensing.templating import TemplateOver
+from sensors.objectstore.config import NotificationFilters, check_s3_format
 
 # What `event.*` templates may refer to: `msg.subject` (the NATS subject), `msg.headers` (a map
 # of header names to values) and `msg.data` (the payload as `payloadFormat` reads it).
@@ -32,7 +33,7 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_TYPE = "eventflow.nats.message"
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 DEFAULT_ACK_WAIT_SECONDS = 30.0
-PayloadFormat = Literal["json", "text", "base64"]
+PayloadFormat = Literal["json", "text", "base64", "s3"]
 DeliverPolicyName = Literal["all", "new", "last", "by_start_time"]
 _URL_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 _SUBJECT_HELP = (
@@ -203,7 +204,15 @@ class NatsConfig(Strict):
     )
     jetstream: JetStreamConfig | None = None
     payloadFormat: PayloadFormat = Field(
-        default="json", description="how the payload becomes data: json, text (UTF-8) or base64"
+        default="json",
+        description="how the payload becomes data: json, text (UTF-8) or base64; s3: every"
+        " payload is an S3/MinIO bucket notification, one event per object change (MinIO's"
+        " NATS target)",
+    )
+    s3: NotificationFilters = Field(
+        default_factory=NotificationFilters,
+        description="with payloadFormat s3: which object changes count (bucket, prefix, suffix,"
+        " events, minSize, maxSize), keyEncoding and the dedupe window, as in spec.objectstore",
     )
     maxMessageBytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES,
@@ -253,6 +262,7 @@ class NatsConfig(Strict):
                 "queueGroup applies to core NATS subjects; JetStream replicas share work"
                 " through jetstream.consumer"
             )
+        check_s3_format(self.payloadFormat == "s3", self.model_fields_set, "payloadFormat")
         return self
 
     @property

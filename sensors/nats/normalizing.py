@@ -68,16 +68,22 @@ def default_id(message: NatsMessage, new_id: Callable[[], str] = new_event_id) -
     return new_id()
 
 
+def check_size(message: NatsMessage, config: NatsConfig) -> None:
+    """Raise PoisonMessage when the payload is larger than maxMessageBytes."""
+    size, limit = len(message.data), config.maxMessageBytes
+    if size > limit:
+        raise PoisonMessage(f"payload is {size} bytes, more than maxMessageBytes ({limit})")
+
+
 def normalize(
     message: NatsMessage,
     config: NatsConfig,
     now: datetime,
     new_id: Callable[[], str] = new_event_id,
 ) -> Event:
-    """The event `message` carries; raise PoisonMessage when it can never carry one."""
-    size, limit = len(message.data), config.maxMessageBytes
-    if size > limit:
-        raise PoisonMessage(f"payload is {size} bytes, more than maxMessageBytes ({limit})")
+    """The event `message` carries; raise PoisonMessage when it can never carry one. A message
+    of payloadFormat s3 is the sensor's to decode (`sensors.objectstore`), not this function's."""
+    check_size(message, config)
     headers = {name.lower(): value for name, value in message.headers.items()}
     content_type = headers.get("content-type")
     essence = (content_type or "").split(";")[0].strip().lower()

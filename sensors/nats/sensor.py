@@ -13,8 +13,12 @@ Two guarantees, by the source's nature:
 
 A poison message (see `normalizing.py`) is reported once, as an `eventflow.nats.poison` event
 or on `deadLetterSubject`, counted in `poisoned`, then terminated so it is never redelivered.
-The connection is retried with capped exponential backoff; once up, nats-py reconnects by
-itself and `connected` tells /readyz. This module does not decide what a message means.
+With `payloadFormat: s3` each payload is an object-store notification (MinIO's NATS target):
+the object-store sensor's reporter decodes it, filters, drops duplicates and older changes and
+emits one event per change; the message is acked once all are on the bus, and an undecodable
+one is poison. The connection is retried with capped exponential backoff; once up, nats-py
+reconnects by itself and `connected` tells /readyz. This module does not decide what a
+message means.
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ from eventflow.errors import TemporaryError
 from eventflow.sensing.protocol import Emit
 from eventflow.sensing.secrets import SecretSource, read_secret
 from sensors.nats.config import Credentials, JetStreamConfig, NatsConfig
-from sensors.nats.normalizing import NatsMessage, PoisonMessage, normalize, poison_event
+from sensors.nats.normalizing import (
+    NatsMessage,
+    PoisonMessage,
+    check_size,
+    normalize,
+    poison_event,
+)
+from sensors.objectstore.config import NotificationFilters
+from sensors.objectstore.normalizing import DecodeError
+from sensors.objectstore.reporting import Reporter
 
 log = structlog.get_logger()
 
@@ -122,9 +135,12 @@ class NatsSensor:
         *,
         environ: Mapping[str, str] | None = None,
         reconnect_wait_seconds: float = 2.0,
+        notifications: Reporter[NotificationFilters] | None = None,
     ) -> None:
+        """`notifications` reports the payloads of payloadFormat s3; the plugin makes it."""
         self.name = name
         self.config = config
+        self.notifications = notifications
         self.poisoned = 0
         self._clock = clock
         self._environ = environ
@@ -273,7 +289,10 @@ class NatsSensor:
         """Put the message's event (or its poison report) on the bus; True if it was poison."""
         now = self._clock()
         try:
-            event = normalize(message, self.config, now)
+            if self.notifications is None:
+                await emit(normalize(message, self.config, now))
+            else:
+                await self._notification(message, self.notifications, emit)
         except PoisonMessage as poison:
             await self._report(nc, message, poison.reason, emit)
             self.poisoned += 1
@@ -286,8 +305,19 @@ class NatsSensor:
                 poisoned=self.poisoned,
             )
             return True
-        await emit(event)
         return False
+
+    async def _notification(
+        self, message: NatsMessage, reporter: Reporter[NotificationFilters], emit: Emit
+    ) -> None:
+        """One payload of payloadFormat s3: its object changes, each on the bus; the payload
+        is decoded whole before the first is emitted, so a poison one publishes nothing."""
+        check_size(message, self.config)
+        try:
+            await reporter.report_message(message.data, emit)
+        except DecodeError as error:
+            raise PoisonMessage(str(error)) from error
+        await reporter.purge_due()
 
     async def _report(self, nc: Client, message: NatsMessage, reason: str, emit: Emit) -> None:
         target = self.config.deadLetterSubject

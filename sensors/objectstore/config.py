@@ -57,6 +57,21 @@ def check_event_pattern(value: str) -> str:
     return value
 
 
+def check_s3_format(s3: bool, given: set[str], format_field: str) -> None:
+    """For a stream sensor (Kafka, NATS) that may carry notifications: its `s3` block applies
+    only to the s3 format, its `event` templates never do (the S3 mapping names the events).
+    `given` is the fields the user set; `format_field` the sensor's name for its format."""
+    if not s3 and "s3" in given:
+        raise ValueError(
+            f"s3 applies only to {format_field} s3; set {format_field}: s3 or remove s3"
+        )
+    if s3 and "event" in given:
+        raise ValueError(
+            f"event templates do not apply to {format_field} s3: each object change becomes the"
+            " event the S3 mapping gives it; remove event"
+        )
+
+
 class PollConfig(Strict):
     """List the bucket every interval and report what changed since the last listing."""
 
@@ -98,6 +113,21 @@ class SqsConfig(Strict):
         min_length=1,
         description="where undecodable messages are sent (default: an"
         " eventflow.objectstore.poison event on the bus)",
+    )
+    reconcileSeconds: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds between listings of `bucket` that report created, changed and"
+        " removed objects no notification told of, as the poll mode would (default: off;"
+        " the first listing, at start, records the bucket without events, per poll.firstRun)",
+    )
+    reconcileGraceSeconds: float = Field(
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds a change is left to its notification before a reconcile listing"
+        " reports it (default 300)",
     )
 
     @model_validator(mode="after")
@@ -170,13 +200,13 @@ class DedupeConfig(Strict):
     )
 
 
-class ObjectStoreConfig(Strict):
-    """`spec.objectstore`: one bucket (or the buckets one queue reports) and the way to hear it."""
+class NotificationFilters(Strict):
+    """Which changes a sensor reports and how their notifications write keys: the part of
+    `spec.objectstore` a stream sensor's `s3` block shares (MinIO's Kafka and NATS targets)."""
 
-    mode: Mode = Field(description="poll (list the bucket), sqs (a queue) or push (a webhook)")
     bucket: str | None = Field(
         default=None,
-        description="the bucket; required for poll, a filter for sqs and push",
+        description="the bucket; required for poll, a filter for sqs, push and streams",
     )
     prefix: str = Field(default="", description="only keys starting with this")
     suffix: str = Field(default="", description="only keys ending with this")
@@ -186,25 +216,10 @@ class ObjectStoreConfig(Strict):
     )
     minSize: int | None = Field(default=None, ge=0, description="bytes; smaller is ignored")
     maxSize: int | None = Field(default=None, ge=0, description="bytes; larger is ignored")
-    region: str | None = Field(
-        default=None, min_length=1, description="AWS region (default: from the AWS chain)"
-    )
-    endpointUrl: str | None = Field(
-        default=None, description="the S3/SQS endpoint of MinIO, Ceph or a test server"
-    )
-    pathStyle: bool = Field(
-        default=False, description="address buckets as <endpoint>/<bucket> (MinIO, Ceph)"
-    )
-    profile: str | None = Field(
-        default=None, min_length=1, description="a profile of the shared AWS config files"
-    )
     keyEncoding: KeyEncoding | None = Field(
         default=None,
         description="how notifications write keys: url-plus, url or raw (default: per format)",
     )
-    poll: PollConfig = Field(default_factory=PollConfig)
-    sqs: SqsConfig | None = None
-    push: PushConfig | None = None
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
 
     @field_validator("bucket")
@@ -221,6 +236,35 @@ class ObjectStoreConfig(Strict):
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
         return [check_event_pattern(pattern) for pattern in value]
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Self:
+        if self.minSize is not None and self.maxSize is not None and self.minSize > self.maxSize:
+            raise ValueError(
+                f"minSize {self.minSize} is larger than maxSize {self.maxSize}; no object fits"
+            )
+        return self
+
+
+class ObjectStoreConfig(NotificationFilters):
+    """`spec.objectstore`: one bucket (or the buckets one queue reports) and the way to hear it."""
+
+    mode: Mode = Field(description="poll (list the bucket), sqs (a queue) or push (a webhook)")
+    region: str | None = Field(
+        default=None, min_length=1, description="AWS region (default: from the AWS chain)"
+    )
+    endpointUrl: str | None = Field(
+        default=None, description="the S3/SQS endpoint of MinIO, Ceph or a test server"
+    )
+    pathStyle: bool = Field(
+        default=False, description="address buckets as <endpoint>/<bucket> (MinIO, Ceph)"
+    )
+    profile: str | None = Field(
+        default=None, min_length=1, description="a profile of the shared AWS config files"
+    )
+    poll: PollConfig = Field(default_factory=PollConfig)
+    sqs: SqsConfig | None = None
+    push: PushConfig | None = None
 
     @field_validator("endpointUrl")
     @classmethod
@@ -240,8 +284,6 @@ class ObjectStoreConfig(Strict):
         for block in ("sqs", "push"):
             if block != self.mode and getattr(self, block) is not None:
                 raise ValueError(f"{block} applies to mode {block}, not to mode {self.mode}")
-        if self.minSize is not None and self.maxSize is not None and self.minSize > self.maxSize:
-            raise ValueError(
-                f"minSize {self.minSize} is larger than maxSize {self.maxSize}; no object fits"
-            )
+        if self.sqs is not None and self.sqs.reconcileSeconds is not None and self.bucket is None:
+            raise ValueError("sqs.reconcileSeconds lists one bucket; give bucket")
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sensors.objectstore.config import ObjectStoreConfig
+from sensors.objectstore.config import NotificationFilters
 from sensors.objectstore.normalizing import ObjectChange, sequencer_order
 
 
@@ -29,7 +29,7 @@ def event_matches(patterns: Sequence[str], event_name: str) -> bool:
     return False
 
 
-def admits(config: ObjectStoreConfig, change: ObjectChange) -> bool:
+def admits(config: NotificationFilters, change: ObjectChange) -> bool:
     """Whether the sensor reports `change`. A change without a size (a deletion) passes the
     size filters: the size it had is not known."""
     if config.bucket is not None and change.bucket != config.bucket:

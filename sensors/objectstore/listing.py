@@ -7,18 +7,22 @@ used, so the caller refills only what ran out: memory holds two pages, whatever 
 size. Python compares `str` by code point, which is the UTF-8 byte order S3 lists in.
 
 Time, I/O and the event shape are the caller's; `to_change` gives the `ObjectChange` that
-`normalizing.to_event` maps onto a CloudEvent.
+`normalizing.to_event` maps onto a CloudEvent. In the sqs mode with a reconcile listing,
+`noted` keeps the checkpoint up with what notifications reported, so the listing reports only
+what they missed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from sensors.objectstore.normalizing import ObjectChange
+
+LISTING = "listing"  # the sensor state's space of the checkpoint: key -> Listed.to_json()
 
 
 class Kind(StrEnum):
@@ -134,3 +138,21 @@ def to_change(
         host_id=None,
         raw=record,
     )
+
+
+def noted(changes: Iterable[ObjectChange]) -> tuple[dict[str, str], list[str]]:
+    """What reported changes tell the checkpoint: the entries of the objects they created (the
+    ETag and size a listing would show) and the keys they removed, the last change of a key
+    winning. Other changes (tags, ACLs, restores) leave an object's entry as it was."""
+    present: dict[str, str] = {}
+    gone: dict[str, None] = {}
+    for change in changes:
+        family = change.event_name.removeprefix("s3:").partition(":")[0]
+        if family == "ObjectCreated" and change.etag is not None and change.size is not None:
+            stamp = "" if change.time is None else change.time.isoformat()
+            present[change.key] = Listed(change.key, change.etag, change.size, stamp).to_json()
+            gone.pop(change.key, None)
+        elif family == "ObjectRemoved":
+            present.pop(change.key, None)
+            gone[change.key] = None
+    return present, list(gone)

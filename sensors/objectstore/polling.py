@@ -15,18 +15,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
-from eventflow.sensing.protocol import Emit
-from sensors.objectstore.listing import Difference, Kind, Listed, merge, to_change
+from eventflow.sensing.protocol import Emit, SpaceWrite
+from sensors.objectstore.config import ObjectStoreConfig
+from sensors.objectstore.listing import LISTING, Difference, Kind, Listed, merge, to_change
 from sensors.objectstore.reporting import Health, Reporter
 
 log = structlog.get_logger()
 
-LISTING = "listing"
 POLL = "poll"
 INITIALIZED = "initialized"
 
@@ -48,10 +48,30 @@ def _listed(item: dict[str, Any]) -> Listed:
     return Listed(str(item["Key"]), str(item.get("ETag", "")).strip('"'), int(item["Size"]), stamp)
 
 
+def _modified_by(listed: Listed, moment: datetime) -> bool:
+    """Whether `listed` was last modified at or before `moment`; an object without a readable
+    time counts as settled, so it is reported rather than left out for good."""
+    try:
+        modified = datetime.fromisoformat(listed.last_modified)
+    except ValueError:
+        return True
+    if modified.tzinfo is None:
+        modified = modified.replace(tzinfo=UTC)
+    return modified <= moment
+
+
 class BucketPoller:
-    def __init__(self, reporter: Reporter, health: Health) -> None:
+    def __init__(
+        self,
+        reporter: Reporter[ObjectStoreConfig],
+        health: Health,
+        grace: timedelta | None = None,
+    ) -> None:
+        """`grace`: leave out changes younger than this, which a notification may still
+        report (the sqs mode's reconcile listing); they are looked at again next time."""
         self.reporter = reporter
         self.health = health
+        self.grace = grace
         config = reporter.config
         assert config.bucket is not None  # the config requires it for mode poll
         self.bucket: str = config.bucket
@@ -118,27 +138,33 @@ class BucketPoller:
     async def _record(
         self, differences: list[Difference], emit: Emit, quiet: bool, cycle: Cycle
     ) -> None:
-        if not differences:
-            return
         reporter = self.reporter
         now = reporter.clock()
+        if self.grace is not None:
+            settled = now - self.grace
+            differences = [
+                difference
+                for difference in differences
+                if difference.now is None or _modified_by(difference.now, settled)
+            ]
+        if not differences:
+            return
         kinds = [difference.kind for difference in differences]
         cycle.created += kinds.count(Kind.CREATED)
         cycle.changed += kinds.count(Kind.CHANGED)
         cycle.removed += kinds.count(Kind.REMOVED)
-        if not quiet:
-            changes = [
-                to_change(difference, self.bucket, reporter.config.region, now)
-                for difference in differences
-            ]
-            cycle.emitted += len(await reporter.report(changes, emit))
         present = {
             difference.key: difference.now.to_json()
             for difference in differences
             if difference.now is not None
         }
         gone = [difference.key for difference in differences if difference.kind is Kind.REMOVED]
-        if present:
-            await reporter.state.put_many(LISTING, present)
-        if gone:
-            await reporter.state.delete_many(LISTING, gone)
+        checkpoint = SpaceWrite(LISTING, present, delete=gone)
+        if quiet:
+            await reporter.state.write_spaces([checkpoint])
+            return
+        changes = [
+            to_change(difference, self.bucket, reporter.config.region, now)
+            for difference in differences
+        ]
+        cycle.emitted += len(await reporter.report(changes, emit, also=[checkpoint]))

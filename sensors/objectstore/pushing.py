@@ -23,8 +23,8 @@ import structlog
 from eventflow.errors import BusUnavailableError
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest
 from eventflow.sensing.secrets import SecretCache
-from sensors.objectstore.config import PushConfig
-from sensors.objectstore.normalizing import DecodeError, decode_message
+from sensors.objectstore.config import ObjectStoreConfig, PushConfig
+from sensors.objectstore.normalizing import DecodeError
 from sensors.objectstore.reporting import Reporter
 from sensors.webhook.auth import AuthError
 from sensors.webhook.sensor import verify_delivery
@@ -60,7 +60,7 @@ def host_allowed(url: str, patterns: list[str], *, allow_http: bool) -> str | No
 class ObjectStorePushSensor:
     """`spec.objectstore` with mode push: one endpoint under /webhooks/."""
 
-    def __init__(self, reporter: Reporter, config: PushConfig) -> None:
+    def __init__(self, reporter: Reporter[ObjectStoreConfig], config: PushConfig) -> None:
         self.name = reporter.name
         self.reporter = reporter
         self.config = config
@@ -93,17 +93,13 @@ class ObjectStorePushSensor:
         if kind in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
             return await self._confirm(request.body, kind)
         try:
-            changes = decode_message(request.body, key_encoding=self.reporter.config.keyEncoding)
+            ids = await self.reporter.report_message(request.body, emit)
         except DecodeError as error:
             return self._reject(400, str(error))
-        try:
-            ids = await self.reporter.report(changes, emit)
         except BusUnavailableError as error:
             log.warning("notification not taken", sensor=self.name, error=str(error))
             retry = str(max(1, math.ceil(error.delay)))
             return HttpReply(503, {"error": str(error)}, {"Retry-After": retry})
-        if not changes:
-            self.reporter.counts.skipped += 1
         return HttpReply(202, {"ids": ids})
 
     def _authenticate(self, request: HttpRequest) -> HttpReply | None:

@@ -4,14 +4,16 @@ A message is deleted only after every record it carries is on the bus (promise 1
 no decoder understands is poison: it is reported once (an `eventflow.objectstore.poison` event,
 or the body sent to `sqs.deadLetterQueueUrl`), counted, and deleted, so it does not come back
 forever. An s3:TestEvent is deleted without an event. When the bus cannot take an event, the
-message is left in the queue and made visible again after the bus's delay. This module does not
-decode, filter or deduplicate: `normalizing.py` and `reporting.py` do.
+message is left in the queue and made visible again after the bus's delay. With
+`reconcileSeconds`, a listing of the bucket runs between receives and reports what no
+notification did. This module does not decode, filter or deduplicate: `normalizing.py` and
+`reporting.py` do.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -20,22 +22,29 @@ import structlog
 from eventflow.errors import BusUnavailableError
 from eventflow.sensing.protocol import Emit
 from sensors.objectstore.clients import AWS_ERRORS, describe
-from sensors.objectstore.config import SqsConfig
+from sensors.objectstore.config import ObjectStoreConfig, SqsConfig
 from sensors.objectstore.normalizing import DecodeError, ObjectChange, decode_message
 from sensors.objectstore.reporting import Health, Reporter, poison_event
 
 log = structlog.get_logger()
 
-PURGE_EVERY = timedelta(minutes=10)
-
 
 class QueueReceiver:
     """One SQS queue, read by one sensor; several replicas may share it."""
 
-    def __init__(self, reporter: Reporter, config: SqsConfig, health: Health) -> None:
+    def __init__(
+        self,
+        reporter: Reporter[ObjectStoreConfig],
+        config: SqsConfig,
+        health: Health,
+        reconcile: Callable[[Emit], Awaitable[object]] | None = None,
+    ) -> None:
+        """`reconcile` lists the bucket and reports what notifications missed; it runs at
+        start and then every `reconcileSeconds`, between two receives."""
         self.reporter = reporter
         self.config = config
         self.health = health
+        self.reconcile = reconcile
 
     async def take(
         self, messages: Sequence[tuple[str, str]], emit: Emit, sqs: Any = None
@@ -80,8 +89,15 @@ class QueueReceiver:
         url = await self._queue_url(sqs)
         self.health.up()
         log.info("sensor connected", sensor=self.reporter.name, queue=url)
-        purged_at = self.reporter.clock()
+        await self.reporter.purge_due()
+        reconciled_at = None
         while True:
+            now = self.reporter.clock()
+            if self.reconcile is not None and (
+                reconciled_at is None or now - reconciled_at >= self._reconcile_every
+            ):
+                await self.reconcile(emit)
+                reconciled_at = now
             options: dict[str, Any] = {
                 "QueueUrl": url,
                 "MaxNumberOfMessages": self.config.maxMessages,
@@ -92,10 +108,11 @@ class QueueReceiver:
             reply = await sqs.receive_message(**options)
             if reply.get("Messages"):
                 await self._settle(sqs, url, reply["Messages"], emit)
-            now = self.reporter.clock()
-            if now - purged_at >= PURGE_EVERY:
-                await self.reporter.state.purge_expired(now)
-                purged_at = now
+            await self.reporter.purge_due()
+
+    @property
+    def _reconcile_every(self) -> timedelta:
+        return timedelta(seconds=self.config.reconcileSeconds or 0)
 
     async def _queue_url(self, sqs: Any) -> str:
         if self.config.queueUrl is not None:

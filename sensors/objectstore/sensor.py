@@ -4,14 +4,18 @@ It holds the AWS client for its mode, runs the mode's loop, and when the store o
 (access denied, a missing queue or bucket, no credentials, an unreachable endpoint) it logs
 the problem, shows it on /readyz (`connected`, `problem`), waits with capped exponential
 backoff and starts again: the sensor goes on. A bus that refuses an event is retried the same
-way (the queue keeps the message; the poll lists again). The push mode is `pushing.py`; what a
-message means is `normalizing.py`'s, what is reported `reporting.py`'s.
+way (the queue keeps the message; the poll lists again). In mode sqs with `reconcileSeconds`
+it also holds an S3 client, for the poll mode's listing of the bucket between receives. The
+push mode is `pushing.py`; what a message means is `normalizing.py`'s, what is reported
+`reporting.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
+from datetime import timedelta
 
 import structlog
 
@@ -52,6 +56,9 @@ class ObjectStoreSensor:
         self.config = config
         self.health = Health()
         self.reporter = Reporter(name, config, context.state, context.clock)
+        self.reporter.keeps_listing = (
+            config.sqs is not None and config.sqs.reconcileSeconds is not None
+        )
         self._backoff_initial = backoff_initial_seconds
 
     @property
@@ -95,13 +102,24 @@ class ObjectStoreSensor:
             return f"bucket {self.config.bucket}"
         return f"queue {sqs.queueUrl or sqs.queueName}"
 
-    def _poller(self) -> BucketPoller:
-        return BucketPoller(self.reporter, self.health)
+    def _poller(self, grace: timedelta | None = None) -> BucketPoller:
+        return BucketPoller(self.reporter, self.health, grace)
 
     async def _run_mode(self, emit: Emit) -> None:
-        if self.config.mode == "poll":
+        sqs_config = self.config.sqs
+        if sqs_config is None:
             async with s3_client(self.config) as s3:
                 await self._poller().run(s3, emit)
-        elif self.config.sqs is not None:
-            async with sqs_client(self.config) as sqs:
-                await QueueReceiver(self.reporter, self.config.sqs, self.health).run(sqs, emit)
+            return
+        async with contextlib.AsyncExitStack() as clients:
+            sqs = await clients.enter_async_context(sqs_client(self.config))
+            reconcile = None
+            if sqs_config.reconcileSeconds is not None:
+                s3 = await clients.enter_async_context(s3_client(self.config))
+                poller = self._poller(timedelta(seconds=sqs_config.reconcileGraceSeconds))
+
+                async def reconcile(emit: Emit) -> object:
+                    return await poller.cycle(s3, emit)
+
+            receiver = QueueReceiver(self.reporter, sqs_config, self.health, reconcile)
+            await receiver.run(sqs, emit)

@@ -323,7 +323,8 @@ async def test_poison_record_goes_to_the_dead_letter_topic_when_one_is_set(
 
 
 async def test_sensor_follows_a_broker_that_starts_late_and_goes_away() -> None:
-    """No broker at start: not connected; once it listens, records flow; it dies: not connected."""
+    """No broker at start: not connected, the problem named; once it listens, records flow and
+    the problem clears; it dies: not connected."""
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     url = f"tcp://{bootstrap}"
@@ -335,6 +336,11 @@ async def test_sensor_follows_a_broker_that_starts_late_and_goes_away() -> None:
         async with running(config) as run:
             await asyncio.sleep(0.5)
             assert run.sensor.connected is False
+            problem = run.sensor.problem or ""
+            assert problem.startswith(f"brokers {bootstrap}: ")
+            assert problem.endswith(
+                "; check bootstrapServers, security and that the brokers are up"
+            )
             broker = Broker(
                 port,
                 subprocess.Popen(
@@ -359,6 +365,7 @@ async def test_sensor_follows_a_broker_that_starts_late_and_goes_away() -> None:
             [event] = await run.take(1)
             assert (event.id, event.data) == ("late/0/0", {"n": 1})
             assert run.sensor.connected is True
+            assert run.sensor.problem is None
             broker.stop()
             async with asyncio.timeout(JOIN_SECONDS):
                 while run.sensor.connected:

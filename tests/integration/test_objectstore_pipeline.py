@@ -22,6 +22,7 @@ from tests.s3_servers import (  # noqa: F401  # registers the server fixtures
     ministack_fixture,
     moto_fixture,
     notifying_bucket,
+    unique,
 )
 
 RESOURCES = """
@@ -80,7 +81,39 @@ async def test_an_object_put_starts_a_run_with_its_exact_key(
             assert run["arguments"] == {"key": AWKWARD}
             assert await step_log(server, run) == f"{AWKWARD}\n"
             ready = (await server.client.get("/readyz")).json()
-            assert {"name": "uploads", "connected": True} in ready["sensors"]
+            assert {"name": "uploads", "connected": True, "problem": None} in ready["sensors"]
+
+
+async def test_readyz_shows_what_keeps_a_sensor_from_its_missing_queue(
+    moto: S3Server, server_factory: Any, tmp_path: Path
+) -> None:
+    """A queue that does not exist: /readyz names the sensor, not connected, and the problem
+    in words (the service itself stays ready); once the queue exists the problem clears."""
+    queue = unique("q")
+    spec = moto.spec("sqs", sqs={"queueName": queue, "waitSeconds": 1})
+    async with server_factory(resources(tmp_path, spec)) as server:
+        async with asyncio.timeout(10):
+            while True:
+                reply = await server.client.get("/readyz")
+                [uploads] = reply.json()["sensors"]
+                if uploads["problem"] is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert reply.status_code == 200
+        assert uploads == {
+            "name": "uploads",
+            "connected": False,
+            "problem": f"queue {queue}: the queue does not exist"
+            " (AWS.SimpleQueueService.NonExistentQueue); create it or fix sqs.queueUrl",
+        }
+        async with moto.client("sqs") as sqs:
+            await sqs.create_queue(QueueName=queue)
+        async with asyncio.timeout(15):
+            while uploads["problem"] is not None:
+                await asyncio.sleep(0.1)
+                [uploads] = (await server.client.get("/readyz")).json()["sensors"]
+        assert uploads == {"name": "uploads", "connected": True, "problem": None}
+        assert await server.stored_events() == []
 
 
 MINIO_BODY = {
@@ -181,10 +214,12 @@ async def test_an_sns_subscription_is_confirmed_only_on_an_allowed_host(
 
 
 def test_the_objectstore_examples_validate() -> None:
-    """examples/objectstore/{minio-webhook,aws-sqs,polling} load as a user would serve them."""
+    """examples/objectstore/* (MinIO by webhook, Kafka and NATS, AWS SQS, polling) load as a
+    user would serve them, side by side."""
     eventflow = str(Path(sys.executable).with_name("eventflow"))
     examples = ROOT / "examples" / "objectstore"
-    directories = [str(examples / name) for name in ("minio-webhook", "aws-sqs", "polling")]
+    names = ("minio-webhook", "minio-kafka", "minio-nats", "aws-sqs", "polling")
+    directories = [str(examples / name) for name in names]
     result = subprocess.run(
         [eventflow, "validate", *directories],
         check=False,
@@ -193,4 +228,4 @@ def test_the_objectstore_examples_validate() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout == "ok: 3 sensor(s), 3 trigger(s), 3 workflow template(s)\n"
+    assert result.stdout == "ok: 5 sensor(s), 5 trigger(s), 5 workflow template(s)\n"

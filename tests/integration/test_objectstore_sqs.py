@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
 
 from eventflow.sensing.state import memory_context
 from sensors.objectstore import ObjectStoreConfig, ObjectStoreSensor
+from sensors.objectstore.listing import LISTING
+from sensors.objectstore.polling import INITIALIZED, POLL
 from sensors.objectstore.reporting import POISON_TYPE
 from tests.s3_servers import (  # noqa: F401  # registers the server fixtures
     Collector,
@@ -209,6 +212,46 @@ async def test_a_missing_queue_is_shown_as_the_problem_and_the_sensor_recovers(
     assert event.subject == "k"
     assert sensor.connected
     assert sensor.problem is None
+
+
+async def test_reconcile_listing_reports_what_no_notification_told_and_nothing_twice(
+    ministack: S3Server,
+) -> None:
+    """An object put while the bucket notifies nobody is reported by the reconcile listing
+    (ObjectCreated:Listed); one already notified is not reported again by later listings."""
+    async with notifying_bucket(ministack) as wired:
+        sensor = sensor_for(
+            ministack,
+            wired.queue_url,
+            bucket=wired.bucket,
+            sqs={"reconcileSeconds": 0.2, "reconcileGraceSeconds": 1.5},
+        )
+        state = sensor.reporter.state
+        emit = Collector()
+        async with running(sensor, emit), ministack.client("s3") as s3:
+            # The first listing, at start, records the (empty) bucket without events.
+            await wait_until(lambda: sensor.health.connected)
+            async with asyncio.timeout(10):
+                while await state.get(POLL, INITIALIZED) is None:
+                    await asyncio.sleep(0.05)
+            await s3.put_object(Bucket=wired.bucket, Key="notified a+b.csv", Body=b"12")
+            await emit.wait_for(1)
+            await wait_queue_empty(ministack, wired.queue_url)
+            await s3.put_bucket_notification_configuration(
+                Bucket=wired.bucket, NotificationConfiguration={}
+            )
+            await s3.put_object(Bucket=wired.bucket, Key="silent c=d.csv", Body=b"345")
+            events = await emit.wait_for(2)
+            # Several more listings (each between two 1 s receives) find nothing new.
+            await asyncio.sleep(3.5)
+        assert await queue_depth(ministack, wired.queue_url) == 0
+    assert [(event.type, event.subject) for event in emit.events] == [
+        ("com.amazonaws.s3.ObjectCreated:Put", "notified a+b.csv"),
+        ("com.amazonaws.s3.ObjectCreated:Listed", "silent c=d.csv"),
+    ]
+    assert events[1].data["size"] == 3
+    listed = dict(await state.scan(LISTING))
+    assert sorted(listed) == ["notified a+b.csv", "silent c=d.csv"]
 
 
 async def _queue(server: S3Server) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventflow.sensing.protocol import SensorState
+from eventflow.sensing.protocol import SensorState, SpaceWrite
 from eventflow.sensing.state import MemorySensorState
 from eventflow.store.sql import SqlStore
 from tests.integration.conftest import empty_database
@@ -138,3 +138,56 @@ async def test_bad_arguments_are_refused_with_what_to_pass(state: SensorState) -
         await state.put_many("", {"a": "1"})
     with pytest.raises(ValueError, match=r"^limit: 0 is not a positive number of entries$"):
         await state.scan("seen", limit=0)
+
+
+async def test_several_spaces_are_read_and_written_in_one_call(
+    state: SensorState, clock: Clock
+) -> None:
+    """write_spaces puts and deletes in several spaces, each with its expiry; read_spaces
+    returns every space asked for, with only its live keys."""
+    await state.put_many("listing", {"old": "x", "kept": "y"})
+    await state.write_spaces(
+        [
+            SpaceWrite("seen", {"a": "1", "b": "2"}, START + timedelta(seconds=10)),
+            SpaceWrite("newest", {"k": "0A"}),
+            SpaceWrite("listing", {"new": "z"}, delete=["old", "never-there"]),
+        ]
+    )
+    clock.now = START + timedelta(seconds=5)
+    assert await state.read_spaces(
+        {"seen": ["a", "b", "c"], "newest": ["k"], "listing": ["old", "kept", "new"], "none": []}
+    ) == {
+        "seen": {"a": "1", "b": "2"},
+        "newest": {"k": "0A"},
+        "listing": {"kept": "y", "new": "z"},
+        "none": {},
+    }
+    clock.now = START + timedelta(seconds=10)
+    assert await state.read_spaces({"seen": ["a", "b"], "newest": ["k"]}) == {
+        "seen": {},
+        "newest": {"k": "0A"},
+    }
+
+
+async def test_a_refused_write_of_several_spaces_leaves_none_of_them_written(
+    state: SensorState,
+) -> None:
+    """One bad space name refuses the whole write_spaces call: the other spaces stay as they were."""
+    with pytest.raises(ValueError, match=r"^space: an empty name; name the use of the state"):
+        await state.write_spaces([SpaceWrite("seen", {"a": "1"}), SpaceWrite("", {"b": "2"})])
+    assert await state.read_spaces({"seen": ["a"], "newest": ["b"]}) == {"seen": {}, "newest": {}}
+    with pytest.raises(ValueError, match=r"^space: an empty name; name the use of the state"):
+        await state.read_spaces({"seen": ["a"], "": ["b"]})
+
+
+async def test_thousands_of_keys_in_several_spaces_go_through_one_call(
+    state: SensorState,
+) -> None:
+    """Large write_spaces/read_spaces calls are split under the bound-parameter limit."""
+    seen = {f"seen/{number:05}": "1" for number in range(1_200)}
+    listing = {f"obj/{number:05}": str(number) for number in range(1_300)}
+    await state.write_spaces([SpaceWrite("seen", seen), SpaceWrite("listing", listing)])
+    await state.write_spaces([SpaceWrite("listing", delete=list(listing)[:1_000])])
+    found = await state.read_spaces({"seen": list(seen), "listing": list(listing)})
+    assert found["seen"] == seen
+    assert found["listing"] == dict(list(listing.items())[1_000:])

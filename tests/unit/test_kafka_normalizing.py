@@ -402,7 +402,25 @@ def test_bootstrap_servers_accept_a_comma_separated_string() -> None:
             "Value error, deadLetterTopic 'orders.dead' is one of the topics this sensor reads;"
             " a poison record would come back forever: choose another topic",
         ),
-        ({"valueFormat": "xml"}, "valueFormat: Input should be 'json', 'text' or 'base64'"),
+        ({"valueFormat": "xml"}, "valueFormat: Input should be 'json', 'text', 'base64' or 's3'"),
+        (
+            {"s3": {"prefix": "in/"}},
+            "Value error, s3 applies only to valueFormat s3; set valueFormat: s3 or remove s3",
+        ),
+        (
+            {"valueFormat": "s3", "event": {"type": "x"}},
+            "Value error, event templates do not apply to valueFormat s3: each object change"
+            " becomes the event the S3 mapping gives it; remove event",
+        ),
+        (
+            {"valueFormat": "s3", "s3": {"events": ["s3:ObjectMade:*"]}},
+            "s3.events: Value error, 's3:ObjectMade:*' is not an S3 event name; write an S3"
+            " event name such as 's3:ObjectCreated:*', 's3:ObjectCreated:Put' or"
+            " 's3:ObjectRemoved:Delete'; the families are ObjectCreated, ObjectRemoved,"
+            " ObjectRestore, ObjectTagging, ObjectAcl, ObjectAccessed, Replication,"
+            " LifecycleExpiration, LifecycleTransition, IntelligentTiering,"
+            " ReducedRedundancyLostObject",
+        ),
         ({"startFrom": "now"}, "startFrom: Input should be 'latest' or 'earliest'"),
         ({"maxRecordBytes": 0}, "maxRecordBytes: Input should be greater than or equal to 1"),
         ({"groupID": "x"}, "groupID: Extra inputs are not permitted"),

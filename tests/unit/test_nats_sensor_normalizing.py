@@ -141,6 +141,25 @@ def test_queue_group_is_refused_with_jetstream() -> None:
     )
 
 
+def test_the_s3_block_and_payload_format_s3_go_together_without_templates() -> None:
+    """s3 filters need payloadFormat s3; event templates never apply to it; its filters are
+    checked as spec.objectstore's are."""
+    assert config_error(subjects=["minio"], s3={"prefix": "in/"}) == (
+        "Value error, s3 applies only to payloadFormat s3; set payloadFormat: s3 or remove s3"
+    )
+    assert config_error(subjects=["minio"], payloadFormat="s3", event={"type": "x"}) == (
+        "Value error, event templates do not apply to payloadFormat s3: each object change"
+        " becomes the event the S3 mapping gives it; remove event"
+    )
+    assert config_error(
+        subjects=["minio"], payloadFormat="s3", s3={"minSize": 5, "maxSize": 1}
+    ) == ("Value error, minSize 5 is larger than maxSize 1; no object fits")
+    valid = NatsConfig.model_validate(
+        {"subjects": ["minio"], "payloadFormat": "s3", "s3": {"bucket": "raw-data"}}
+    )
+    assert (valid.s3.bucket, valid.s3.dedupe.windowSeconds) == ("raw-data", 86_400.0)
+
+
 def test_unknown_fields_are_refused() -> None:
     """A typo in a field name is an error, not ignored."""
     with pytest.raises(ValidationError, match="subjetcs"):

@@ -105,6 +105,16 @@ def test_a_full_sqs_spec_is_accepted_with_its_defaults() -> None:
             " 'sns.eu-west-1.amazonaws.com', 'sns.*.amazonaws.com' or '127.0.0.1:8080'",
         ),
         (
+            {"mode": "sqs", "sqs": {"queueName": "q", "reconcileSeconds": 600}},
+            "",
+            "Value error, sqs.reconcileSeconds lists one bucket; give bucket",
+        ),
+        (
+            {"mode": "sqs", "bucket": "raw", "sqs": {"queueName": "q", "reconcileSeconds": 0}},
+            "sqs.reconcileSeconds",
+            "Input should be greater than 0",
+        ),
+        (
             {"mode": "poll", "bucket": "raw", "secretAccessKey": "x"},
             "secretAccessKey",
             "Extra inputs are not permitted",

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensors.objectstore.listing import Difference, Kind, Listed, merge, to_change
-from sensors.objectstore.normalizing import to_event
+from sensors.objectstore.listing import Difference, Kind, Listed, merge, noted, to_change
+from sensors.objectstore.normalizing import ObjectChange, to_event
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -134,3 +134,44 @@ def test_a_removed_object_is_reported_at_now_without_a_size() -> None:
         "old",
         NOW,
     )
+
+
+def notified(
+    key: str, event_name: str, etag: str | None = "e1", size: int | None = 3
+) -> ObjectChange:
+    return ObjectChange(
+        bucket="raw",
+        key=key,
+        event_name=event_name,
+        size=size,
+        etag=etag,
+        version_id=None,
+        sequencer=None,
+        region=None,
+        time=NOW,
+        request_id=None,
+        host_id=None,
+        raw={},
+    )
+
+
+def test_notified_changes_keep_the_checkpoint_as_a_listing_would_show_it() -> None:
+    """Creations put the listing's entry (last one of a key wins), removals delete it, other
+    changes and creations without an ETag or size leave the checkpoint alone."""
+    present, gone = noted(
+        [
+            notified("a", "ObjectCreated:Put", etag="old"),
+            notified("a", "s3:ObjectCreated:Copy", etag="new"),
+            notified("b", "ObjectCreated:Put"),
+            notified("b", "ObjectRemoved:Delete", etag=None, size=None),
+            notified("c", "ObjectRemoved:DeleteMarkerCreated", etag=None, size=None),
+            notified("c", "ObjectCreated:Put", etag="c1"),
+            notified("d", "ObjectTagging:Put"),
+            notified("e", "ObjectCreated:Put", etag=None),
+        ]
+    )
+    assert {key: Listed.from_json(key, value) for key, value in present.items()} == {
+        "a": Listed("a", "new", 3, NOW.isoformat()),
+        "c": Listed("c", "c1", 3, NOW.isoformat()),
+    }
+    assert gone == ["b"]

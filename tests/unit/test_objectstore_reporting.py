@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from eventflow.events import Event, ReceivedEvent
+from eventflow.sensing.protocol import SpaceWrite
 from eventflow.sensing.state import MemorySensorState
 from sensors.objectstore.config import ObjectStoreConfig
 from sensors.objectstore.normalizing import ObjectChange
@@ -91,6 +93,62 @@ async def test_state_is_written_only_after_the_bus_took_the_events() -> None:
         await report.report([change()], refuse)
     assert await state.scan(SEEN) == []
     assert await state.scan(NEWEST) == []
+
+
+class CountingState(MemorySensorState):
+    """Memory state that counts its round trips: reads and write transactions."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.reads = self.writes = 0
+
+    async def read_spaces(self, keys: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        self.reads += 1
+        return await super().read_spaces(keys)
+
+    async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
+        self.writes += 1
+        await super().write_spaces(writes)
+
+
+async def test_a_batch_costs_one_state_read_and_one_write_whatever_its_size() -> None:
+    """Thirty records of ten keys: one read of both spaces, one write of both, the caller's
+    own entries in that same write."""
+    clock = Clock()
+    state = CountingState(clock)
+    config = ObjectStoreConfig.model_validate({"mode": "poll", "bucket": "raw-data"})
+    report = Reporter("s", config, state, clock)
+    events: list[Event] = []
+    batch = [change(f"k{index % 10}", f"{index:04X}", f"R{index}") for index in range(30)]
+    ids = await report.report(batch, collector(events), also=[SpaceWrite("listing", {"x": "1"})])
+    assert (len(ids), state.reads, state.writes) == (30, 1, 1)
+    assert await state.get(NEWEST, "raw-data/k3") == f"{23:04X}"
+    assert await state.get("listing", "x") == "1"
+
+
+async def test_a_crash_before_the_state_write_reports_the_batch_again() -> None:
+    """The bus took the events but the state write failed: the redelivered batch is emitted
+    again (at-least-once), and after a good write it is dropped as seen."""
+
+    class FailingOnce(MemorySensorState):
+        failed = False
+
+        async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("store down")
+            await super().write_spaces(writes)
+
+    clock = Clock()
+    config = ObjectStoreConfig.model_validate({"mode": "poll", "bucket": "raw-data"})
+    report = Reporter("s", config, FailingOnce(clock), clock)
+    events: list[Event] = []
+    batch = [change("a", "01", "R1"), change("b", "02", "R2")]
+    with pytest.raises(RuntimeError, match="store down"):
+        await report.report(batch, collector(events))
+    assert len(await report.report(batch, collector(events))) == 2
+    assert await report.report(batch, collector(events)) == []
+    assert [event.subject for event in events] == ["a", "b", "a", "b"]
 
 
 async def test_filtered_changes_are_counted_and_not_emitted() -> None:
