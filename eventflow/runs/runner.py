@@ -3,8 +3,13 @@
 Each active run has one task that loops: plan -> store the transitions -> act on them
 (submit, cancel) -> wait for a fact (a step update, a retry time, a cancel request). The
 store is written before the executor is asked to act (promise 3), so after a crash the
-controller resumes from the store: `start()` re-opens every unfinished run and asks the
+controller resumes from the store: it re-opens the unfinished runs it claims and asks the
 executor to adopt the attempts the store says were running.
+
+A controller drives only the runs leased to its replica (`leasing.py`): those its dispatcher
+created and those it claims, at start and whenever another replica's lease runs out. The
+store refuses a write to a run leased to another replica; the controller then leaves that
+run, its steps untouched, to the new owner, which adopts them.
 
 Runs of a trigger with a concurrency limit wait as Pending until a slot frees.
 """
@@ -21,80 +26,29 @@ from typing import Any
 
 import structlog
 
-from eventflow.errors import ExpressionError
-from eventflow.executors.protocol import Executor, StepKey, StepPhase, StepSpec, StepUpdate
+from eventflow.executors.protocol import Executor, StepKey, StepSpec, StepUpdate
 from eventflow.resources.models import WorkflowSpec
-from eventflow.runs.planning import CompiledWorkflow, Plan, plan, render_step
-from eventflow.runs.states import RunState, StepState, StepStatus, render_failed_reason
-from eventflow.store.records import RunFinishedError, RunRecord, StepLog, StepRecord, Store
+from eventflow.runs.active import ActiveRun, StepLabels, apply_plan
+from eventflow.runs.leasing import LeaseKeeper
+from eventflow.runs.planning import CompiledWorkflow, plan
+from eventflow.runs.states import RunState, StepState
+from eventflow.store.records import (
+    LeaseLostError,
+    Renewal,
+    RunFinishedError,
+    RunRecord,
+    StepLog,
+    Store,
+)
 
 log = structlog.get_logger()
 
-_PHASE_STATES = {
-    StepPhase.SUCCEEDED: StepState.SUCCEEDED,
-    StepPhase.FAILED: StepState.FAILED,
-    StepPhase.TIMED_OUT: StepState.TIMED_OUT,
-    StepPhase.CANCELLED: StepState.CANCELLED,
-}
 _RETRY_FIRST_SECONDS = 0.5
 _RETRY_MAX_SECONDS = 30.0
 _STOP_SECONDS = 5.0
 # Messages a run task receives besides step updates.
 _WAKE = "wake"
 _STOP = "stop"
-
-
-def status_of(record: StepRecord) -> StepStatus:
-    return StepStatus(
-        state=StepState(record.state),
-        attempt=record.attempt,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        exit_code=record.exit_code,
-        reason=record.reason,
-        outputs=record.outputs,
-    )
-
-
-def record_of(name: str, status: StepStatus, log_tail: str | None = None) -> StepRecord:
-    return StepRecord(
-        name=name,
-        state=status.state.value,
-        attempt=status.attempt,
-        started_at=status.started_at,
-        finished_at=status.finished_at,
-        exit_code=status.exit_code,
-        reason=status.reason,
-        outputs=dict(status.outputs) if status.outputs is not None else None,
-        log_tail=log_tail,
-    )
-
-
-class _ActiveRun:
-    """The in-memory side of one run; the store remains the truth."""
-
-    def __init__(self, record: RunRecord, workflow: CompiledWorkflow) -> None:
-        self.record = record
-        self.workflow = workflow
-        self.steps: dict[str, StepStatus] = {step.name: status_of(step) for step in record.steps}
-        for step in workflow.spec.steps:
-            self.steps.setdefault(step.name, StepStatus())
-        self.inbox: asyncio.Queue[StepUpdate | str] = asyncio.Queue()
-        self.cancel_requested = record.cancel_requested
-        # What this turn learned and decided, stored in one transaction before acting on it.
-        self.unsaved_steps: dict[str, StepRecord] = {}
-        self.unsaved_logs: list[StepLog] = []
-        self.unsaved_state: tuple[RunState, str | None] | None = None
-        self.unsubmitted: list[StepSpec] = []  # stored as Running, not yet given to the executor
-
-    @property
-    def run_info(self) -> dict[str, str]:
-        return {
-            "id": self.record.id,
-            "trigger": self.record.trigger,
-            "workflow": self.record.workflow,
-            "eventId": self.record.event_id,
-        }
 
 
 class RunController:
@@ -104,13 +58,13 @@ class RunController:
         executor: Executor,
         clock: Callable[[], datetime],
         concurrency_limits: Callable[[], Mapping[str, int | None]],
-        step_labels: Callable[[RunRecord, str], Mapping[str, str]] | None = None,
+        step_labels: StepLabels | None = None,
     ) -> None:
         self._store = store
         self._executor = executor
         self._clock = clock
         self._limits = concurrency_limits
-        self._active: dict[str, _ActiveRun] = {}
+        self._active: dict[str, ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiting: defaultdict[str, deque[RunRecord]] = defaultdict(deque)
         self._workflows: dict[str, CompiledWorkflow] = {}
@@ -119,15 +73,28 @@ class RunController:
         self._idle = asyncio.Event()
         self._idle.set()
         self._step_labels = step_labels
+        self._leases = LeaseKeeper(
+            store, clock, held=self._held, on_claimed=self._resume, on_renewed=self._renewed
+        )
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume every unfinished run from the store, then watch the executor."""
+        """Watch the executor, resume the unfinished runs no live replica holds, and from
+        then on keep their leases and claim the runs of replicas that stop renewing theirs."""
         self._updates_task = asyncio.create_task(self._route_updates(), name="step-updates")
-        unfinished = await self._store.unfinished_runs()
+        await self._leases.take_over()
+        self._leases.start()
+
+    async def _resume(self, claimed: list[RunRecord]) -> None:
+        """Drive runs claimed from the store: re-open the Running ones, adopting the attempts
+        the store says were running, and admit the Pending ones. While closing, it drives
+        nothing new: `close` releases what was claimed."""
+        if self._stopping:
+            return
+        fresh = [record for record in claimed if not self._holds(record.id)]
         running_keys: list[StepKey] = []
-        for record in unfinished:
+        for record in fresh:
             if record.state == RunState.RUNNING.value:
                 self._open(record)
                 running_keys.extend(
@@ -135,22 +102,52 @@ class RunController:
                     for step in record.steps
                     if step.state == StepState.RUNNING.value
                 )
-        for record in unfinished:
+        for record in fresh:
             if record.state == RunState.PENDING.value:
                 self.admit(record)
-        if unfinished:
-            log.info("runs resumed", runs=len(unfinished), steps_adopted=len(running_keys))
+        if fresh:
+            log.info("runs resumed", runs=len(fresh), steps_adopted=len(running_keys))
         if running_keys:
             await self._executor.adopt(running_keys)
 
+    def _holds(self, run_id: str) -> bool:
+        return run_id in self._active or any(
+            record.id == run_id for queue in self._waiting.values() for record in queue
+        )
+
+    def _held(self) -> list[str]:
+        """The runs this replica drives or keeps waiting for a slot: the leases it renews."""
+        waiting = [record.id for queue in self._waiting.values() for record in queue]
+        return [*self._active, *waiting]
+
+    async def _renewed(self, renewal: Renewal, lost: frozenset[str]) -> None:
+        for run_id in lost:
+            self._let_go(run_id)
+        for run_id in renewal.cancel_requested:
+            active = self._active.get(run_id)
+            if active is None or not active.cancel_requested:
+                # asked through another replica's API: only the owner can act on it
+                await self.cancel(run_id)
+
+    def _let_go(self, run_id: str) -> None:
+        """Stop driving a run another replica has claimed, leaving its steps running."""
+        log.warning("run lease lost; another replica drives the run", run_id=run_id)
+        active = self._active.get(run_id)
+        if active is not None:
+            active.lost = True
+            active.inbox.put_nowait(_STOP)
+        for trigger, queue in self._waiting.items():
+            self._waiting[trigger] = deque(record for record in queue if record.id != run_id)
+
     async def close(self, grace_seconds: float) -> None:
-        """Start nothing new; give running steps `grace_seconds`, then stop them."""
+        """Start nothing new; give running steps `grace_seconds`, then stop them, and release
+        the leases of the runs left unfinished so that another replica takes them at once."""
         self._stopping = True
         for active in self._active.values():
             active.inbox.put_nowait(_WAKE)
         try:
             async with asyncio.timeout(grace_seconds):
-                while any(self._running_steps(active) for active in self._active.values()):
+                while any(active.running_steps() for active in self._active.values()):
                     self._idle.clear()
                     await self._idle.wait()
         except TimeoutError:
@@ -167,6 +164,12 @@ class RunController:
         for task in stuck:  # waiting to retry a failed store: what it holds is redone later
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._leases.stop()
+        try:
+            # all of them: runs the dispatcher created while this closed were never admitted
+            await self._store.release_runs()
+        except Exception:
+            log.exception("run leases not released; other replicas take the runs when they end")
 
     # --- requests ----------------------------------------------------------------------
 
@@ -190,9 +193,13 @@ class RunController:
                 waiting for waiting in self._waiting[record.trigger] if waiting.id != run_id
             )
             now = self._clock()
-            await self._store.set_run_state(
-                run_id, RunState.CANCELLED.value, reason="cancelled by request", now=now
-            )
+            try:
+                await self._store.set_run_state(
+                    run_id, RunState.CANCELLED.value, reason="cancelled by request", now=now
+                )
+            except LeaseLostError as error:
+                # The owner learns of the request when it renews its lease, and cancels it.
+                log.info("run to cancel is another replica's", run_id=run_id, owner=error.owner)
         return await self._store.get_run(run_id)
 
     # --- internals ---------------------------------------------------------------------
@@ -217,12 +224,9 @@ class RunController:
         return compiled
 
     def _open(self, record: RunRecord) -> None:
-        active = _ActiveRun(record, self._compiled(record.workflow_spec))
+        active = ActiveRun(record, self._compiled(record.workflow_spec))
         self._active[record.id] = active
         self._tasks[record.id] = asyncio.create_task(self._drive(active), name=f"run-{record.id}")
-
-    def _running_steps(self, active: _ActiveRun) -> list[str]:
-        return [name for name, s in active.steps.items() if s.state is StepState.RUNNING]
 
     async def _route_updates(self) -> None:
         async for update in self._executor.updates():
@@ -232,7 +236,7 @@ class RunController:
                 continue
             active.inbox.put_nowait(update)
 
-    async def _drive(self, active: _ActiveRun) -> None:
+    async def _drive(self, active: ActiveRun) -> None:
         run_id = active.record.id
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             try:
@@ -244,6 +248,10 @@ class RunController:
                     except RunFinishedError as finished:
                         # Admitted from a stale record: the run ended while it waited.
                         log.info("run already finished; leaving it", state=finished.state)
+                        return
+                    except LeaseLostError as lost:
+                        # Its steps are the new owner's to adopt: they are not cancelled.
+                        log.warning("run lease lost; leaving the run", owner=lost.owner)
                         return
                     except Exception:
                         # The store is the truth and what was not saved is still pending in
@@ -257,7 +265,7 @@ class RunController:
                 self._idle.set()
                 self._admit_waiting(active.record.trigger)
 
-    async def _loop(self, active: _ActiveRun) -> None:
+    async def _loop(self, active: ActiveRun) -> None:
         if active.record.state == RunState.PENDING.value and active.unsaved_state is None:
             active.unsaved_state = (RunState.RUNNING, None)
             log.info("run started", trigger=active.record.trigger)
@@ -271,9 +279,11 @@ class RunController:
                 now,
                 cancel_requested=active.cancel_requested,
             )
-            submits = self._apply(active, decided, now)
+            submits = apply_plan(
+                active, decided, now, starting=not self._stopping, step_labels=self._step_labels
+            )
             active.unsubmitted.extend(submits)
-            finished = decided.run_state.terminal and not self._running_steps(active)
+            finished = decided.run_state.terminal and not active.running_steps()
             if finished:
                 active.unsaved_state = (decided.run_state, decided.run_reason)
             await self._save(active)
@@ -289,10 +299,11 @@ class RunController:
             if submits or decided.skip or decided.fail or decided.abandon:
                 continue
             if not await self._wait(active, decided.wake_at):
-                await self._save(active)
+                if not active.lost:
+                    await self._save(active)
                 return
 
-    async def _submit(self, active: _ActiveRun, spec: StepSpec) -> None:
+    async def _submit(self, active: ActiveRun, spec: StepSpec) -> None:
         """Hand an attempt to the executor; one it refuses ends Failed (retries apply)."""
         try:
             await self._executor.submit(spec)
@@ -304,12 +315,12 @@ class RunController:
                 finished_at=self._clock(),
                 reason=f"the executor did not take the step: {error}",
             )
-            self._change(active, spec.key.step, failed)
+            active.change(spec.key.step, failed)
             await self._save(active)
 
-    async def _save(self, active: _ActiveRun) -> None:
+    async def _save(self, active: ActiveRun) -> None:
         """Store what this turn learned and decided, in one transaction (state before acts)."""
-        if not (active.unsaved_steps or active.unsaved_logs or active.unsaved_state):
+        if not active.unsaved:
             return
         state = active.unsaved_state
         await self._store.save_progress(
@@ -325,13 +336,7 @@ class RunController:
         active.unsaved_logs = []
         active.unsaved_state = None
 
-    def _change(
-        self, active: _ActiveRun, name: str, status: StepStatus, tail: str | None = None
-    ) -> None:
-        active.steps[name] = status
-        active.unsaved_steps[name] = record_of(name, status, tail)
-
-    async def _wait(self, active: _ActiveRun, wake_at: datetime | None) -> bool:
+    async def _wait(self, active: ActiveRun, wake_at: datetime | None) -> bool:
         """Wait for the next fact and record it (and any queued behind it); False on stop."""
         timeout = None
         if wake_at is not None and not self._stopping:
@@ -350,86 +355,8 @@ class RunController:
                 return False
         return True
 
-    def _apply(self, active: _ActiveRun, decided: Plan, now: datetime) -> list[StepSpec]:
-        """Take the plan's transitions into the run; return the attempts to submit."""
-        endings = (
-            (decided.skip, StepState.SKIPPED),
-            (decided.fail, StepState.FAILED),
-            (decided.abandon, StepState.CANCELLED),
-        )
-        for ended, state in endings:
-            for name, reason in ended:
-                ending = replace(active.steps[name], state=state, reason=reason, finished_at=now)
-                self._change(active, name, ending)
-        submits: list[StepSpec] = []
-        if self._stopping or not decided.start:
-            return submits
-        context = active.workflow.context(active.record.arguments, active.run_info, active.steps)
-        for name, attempt in decided.start:
-            try:
-                rendered = render_step(active.workflow, name, context)
-            except ExpressionError as error:
-                self._change(
-                    active,
-                    name,
-                    StepStatus(
-                        state=StepState.FAILED,
-                        attempt=attempt,
-                        started_at=now,
-                        finished_at=now,
-                        reason=render_failed_reason(str(error)),
-                    ),
-                )
-                continue
-            self._change(
-                active, name, StepStatus(state=StepState.RUNNING, attempt=attempt, started_at=now)
-            )
-            log.info("step started", step=name, attempt=attempt)
-            labels = self._step_labels(active.record, name) if self._step_labels else {}
-            submits.append(
-                StepSpec(
-                    key=StepKey(active.record.id, name, attempt),
-                    command=rendered.command,
-                    args=rendered.args,
-                    env=rendered.env,
-                    image=rendered.image,
-                    working_dir=rendered.working_dir,
-                    timeout_seconds=rendered.timeout_seconds,
-                    labels=labels,
-                    annotations={"eventflow.io/event-id": active.record.event_id},
-                    kubernetes=rendered.kubernetes,
-                )
-            )
-        return submits
-
-    async def _record_update(self, active: _ActiveRun, update: StepUpdate) -> None:
-        name = update.key.step
-        current = active.steps.get(name)
-        if (
-            current is None
-            or current.attempt != update.key.attempt
-            or current.state is not StepState.RUNNING
-        ):
-            log.debug("stale step update ignored", step=str(update.key))
-            return
-        if update.phase is StepPhase.RUNNING:
-            return
-        status = replace(
-            current,
-            state=_PHASE_STATES[update.phase],
-            finished_at=update.at,
-            exit_code=update.exit_code,
-            reason=update.reason,
-            outputs=update.outputs,
-        )
-        self._change(active, name, status, update.log_tail)
-        text = "\n".join([line async for line in self._executor.logs(update.key)])
-        active.unsaved_logs.append(StepLog(name, update.key.attempt, text))
-        log.info(
-            "step " + status.state.value.lower(),
-            step=name,
-            attempt=update.key.attempt,
-            exit_code=update.exit_code,
-            reason=update.reason,
-        )
-        self._idle.set()
+    async def _record_update(self, active: ActiveRun, update: StepUpdate) -> None:
+        if active.record_update(update):
+            text = "\n".join([line async for line in self._executor.logs(update.key)])
+            active.unsaved_logs.append(StepLog(update.key.step, update.key.attempt, text))
+            self._idle.set()

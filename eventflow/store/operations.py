@@ -5,27 +5,38 @@ thread or inside asyncpg's `run_sync`, so both backends share one implementation
 statements are built once, with bind parameters, so that SQLAlchemy finds them compiled in
 its cache instead of building a cache key per call. This module opens no transaction and
 does not validate what callers can check without the database (`now`, limits, states).
+
+Runs are leased to the replica that drives them (`Lease`): a write to a run checks, in the
+same transaction and with the same row read that refuses a finished run, that the run is
+still this replica's. On PostgreSQL that read takes a share lock on the run's row, so a
+claim by another replica (which skips locked rows) cannot slip between the check and the
+commit; on SQLite the one writer at a time gives the same.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, literal, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from eventflow.store import tables
 from eventflow.store.records import (
     TERMINAL_RUN_STATES,
+    UNFINISHED_RUN_STATES,
     Decision,
     DispatchItem,
     DispatchResult,
     EventRecord,
+    Lease,
+    LeaseLostError,
     NewRun,
+    Renewal,
     RunFinishedError,
     RunRecord,
     StepLog,
@@ -44,6 +55,9 @@ _STEP_COLUMNS = (
     "log_tail",
 )
 _RUN_COLUMNS = tuple(column.name for column in tables.runs.columns)
+# Ids per statement when renewing or releasing: far below the bind parameter limits of
+# SQLite (32766) and asyncpg (32767), however many runs a replica drives.
+_IDS_PER_STATEMENT = 1000
 
 
 def check_step_names(run_id: str, steps: Sequence[StepRecord]) -> None:
@@ -61,10 +75,17 @@ def _missing_run(run_id: str) -> LookupError:
     return LookupError(f"run {run_id!r} does not exist")
 
 
-class Operations:
-    """The store's queries for one dialect ("sqlite" or "postgresql")."""
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[at : at + _IDS_PER_STATEMENT] for at in range(0, len(ids), _IDS_PER_STATEMENT)]
 
-    def __init__(self, dialect: str) -> None:
+
+class Operations:
+    """The store's queries for one dialect ("sqlite" or "postgresql"), written as the
+    replica `lease` names."""
+
+    def __init__(self, dialect: str, lease: Lease) -> None:
+        self._lease = lease
+        self._lease_length = timedelta(seconds=lease.seconds)
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         runs, steps, logs = tables.runs, tables.steps, tables.step_logs
         self._insert_event = insert(tables.events).on_conflict_do_nothing(
@@ -91,6 +112,27 @@ class Operations:
             steps.c.run_id == bindparam("p_run_id")
         )
         self._run_state = select(runs.c.state).where(runs.c.id == bindparam("p_id"))
+        self._run_holder = select(runs.c.state, runs.c.owner).where(runs.c.id == bindparam("p_id"))
+        if dialect == "postgresql":
+            self._run_holder = self._run_holder.with_for_update(read=True)
+        self._claim = self._claim_statement(dialect)
+        mine = and_(
+            runs.c.id.in_(bindparam("p_ids", expanding=True)),
+            runs.c.owner == bindparam("p_owner"),
+        )
+        self._renew = (
+            update(runs)
+            .where(mine)
+            .values(lease_until=bindparam("p_until", type_=tables.UtcDateTime()))
+            .returning(runs.c.id, runs.c.cancel_requested)
+        )
+        release = (
+            update(runs)
+            .where(runs.c.owner == bindparam("p_owner"), runs.c.state.in_(UNFINISHED_RUN_STATES))
+            .values(owner=None, lease_until=None)
+        )
+        self._release_all = release
+        self._release = release.where(runs.c.id.in_(bindparam("p_ids", expanding=True)))
         self._run = select(runs).where(runs.c.id == bindparam("p_id"))
         log_insert = insert(logs)
         self._upsert_log = log_insert.on_conflict_do_update(
@@ -99,7 +141,11 @@ class Operations:
         stamp = bindparam("p_now", type_=tables.UtcDateTime())
         set_state = (
             update(runs)
-            .where(runs.c.id == bindparam("p_id"), runs.c.state.not_in(TERMINAL_RUN_STATES))
+            .where(
+                runs.c.id == bindparam("p_id"),
+                runs.c.state.not_in(TERMINAL_RUN_STATES),
+                runs.c.owner == bindparam("p_owner"),
+            )
             .values(state=bindparam("p_state"), reason=bindparam("p_reason"))
         )
         self._set_state = set_state
@@ -107,6 +153,40 @@ class Operations:
         self._set_finished = set_state.values(finished_at=stamp)
         self._flag_cancel = (
             update(runs).where(runs.c.id == bindparam("p_id")).values(cancel_requested=True)
+        )
+
+    @staticmethod
+    def _claim_statement(dialect: str) -> ReturningUpdate[tuple[Any]]:
+        """Lease the oldest claimable unfinished runs: one UPDATE whose subquery picks them.
+
+        On PostgreSQL the subquery locks what it picks and skips rows another transaction
+        holds (a claimer, or the owner writing), so concurrent claimers share no run; and a
+        row renewed since the snapshot is re-checked against its new lease and left out.
+        SQLite has one writer at a time, so its plain UPDATE is already alone.
+        """
+        runs = tables.runs
+        claimable = (
+            select(runs.c.id)
+            .where(
+                runs.c.state.in_(UNFINISHED_RUN_STATES),
+                or_(
+                    runs.c.owner.is_(None),
+                    runs.c.lease_until < bindparam("p_now", type_=tables.UtcDateTime()),
+                ),
+            )
+            .order_by(runs.c.created_at, runs.c.id)
+            .limit(bindparam("p_limit"))
+        )
+        if dialect == "postgresql":
+            claimable = claimable.with_for_update(skip_locked=True)
+        return (
+            update(runs)
+            .where(runs.c.id.in_(claimable.scalar_subquery()))
+            .values(
+                owner=bindparam("p_owner"),
+                lease_until=bindparam("p_until", type_=tables.UtcDateTime()),
+            )
+            .returning(runs.c.id)
         )
 
     def record_dispatches(
@@ -184,6 +264,8 @@ class Operations:
             finished_at=None,
             cancel_requested=False,
             steps=tuple(StepRecord(name=name, state="Pending") for name in run.step_names),
+            owner=self._lease.owner,
+            lease_until=now + self._lease_length,
         )
         columns = {name: getattr(record, name) for name in _RUN_COLUMNS}
         if connection.execute(self._insert_run, columns).first() is None:
@@ -214,7 +296,7 @@ class Operations:
         run_state: tuple[str, str | None] | None,
         now: datetime,
     ) -> None:
-        self._require_unfinished(connection, run_id)
+        self._require_writable(connection, run_id)
         if steps:
             self.save_steps(connection, run_id, steps)
         if logs:
@@ -226,7 +308,12 @@ class Operations:
         self, connection: Connection, run_id: str, state: str, reason: str | None, now: datetime
     ) -> None:
         """Set a state `now` checked by the caller; stamps started_at and finished_at."""
-        values: dict[str, Any] = {"p_id": run_id, "p_state": state, "p_reason": reason}
+        values: dict[str, Any] = {
+            "p_id": run_id,
+            "p_state": state,
+            "p_reason": reason,
+            "p_owner": self._lease.owner,
+        }
         statement = self._set_state
         if state == "Running":
             statement = self._set_running
@@ -235,7 +322,7 @@ class Operations:
             statement = self._set_finished
             values["p_now"] = now
         if connection.execute(statement, values).rowcount == 0:
-            self._require_unfinished(connection, run_id)
+            self._require_writable(connection, run_id)
 
     def request_cancel(self, connection: Connection, run_id: str) -> RunRecord | None:
         connection.execute(self._flag_cancel, {"p_id": run_id})
@@ -247,10 +334,58 @@ class Operations:
             raise _missing_run(run_id)
         return str(state)
 
-    def _require_unfinished(self, connection: Connection, run_id: str) -> None:
-        state = self._require_run(connection, run_id)
-        if state in TERMINAL_RUN_STATES:
-            raise RunFinishedError(run_id, state)
+    def _require_writable(self, connection: Connection, run_id: str) -> None:
+        """Refuse a write to a run that is missing, finished, or not leased to this replica."""
+        row = connection.execute(self._run_holder, {"p_id": run_id}).first()
+        if row is None:
+            raise _missing_run(run_id)
+        if row.state in TERMINAL_RUN_STATES:
+            raise RunFinishedError(run_id, row.state)
+        if row.owner != self._lease.owner:
+            raise LeaseLostError(run_id, self._lease.owner, row.owner)
+
+    def claim_runs(self, connection: Connection, now: datetime, limit: int) -> list[RunRecord]:
+        claimed = connection.scalars(
+            self._claim,
+            {
+                "p_now": now,
+                "p_limit": limit,
+                "p_owner": self._lease.owner,
+                "p_until": now + self._lease_length,
+            },
+        ).all()
+        if not claimed:
+            return []
+        runs = tables.runs
+        query = (
+            select(runs)
+            .where(runs.c.id.in_(bindparam("p_ids", expanding=True)))
+            .order_by(runs.c.created_at, runs.c.id)
+        )
+        return self.runs(connection, query, {"p_ids": list(claimed)})
+
+    def renew_leases(
+        self, connection: Connection, run_ids: Sequence[str], now: datetime
+    ) -> Renewal:
+        held: set[str] = set()
+        cancel_requested: set[str] = set()
+        until = now + self._lease_length
+        for ids in _chunks(run_ids):
+            rows = connection.execute(
+                self._renew, {"p_ids": list(ids), "p_owner": self._lease.owner, "p_until": until}
+            )
+            for run_id, cancel in rows:
+                held.add(run_id)
+                if cancel:
+                    cancel_requested.add(run_id)
+        return Renewal(held=frozenset(held), cancel_requested=frozenset(cancel_requested))
+
+    def release_runs(self, connection: Connection, run_ids: Sequence[str]) -> None:
+        for ids in _chunks(run_ids):
+            connection.execute(self._release, {"p_ids": list(ids), "p_owner": self._lease.owner})
+
+    def release_all_runs(self, connection: Connection) -> None:
+        connection.execute(self._release_all, {"p_owner": self._lease.owner})
 
     def save_steps(self, connection: Connection, run_id: str, steps: Sequence[StepRecord]) -> None:
         """Update the steps in place (the common case: they were created with the run);

@@ -8,7 +8,7 @@ trigger rules; the store keeps the snapshots it is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,6 +28,20 @@ class RunFinishedError(Exception):
         super().__init__(f"run {run_id!r} already finished ({state}); it is not changed again")
         self.run_id = run_id
         self.state = state
+
+
+class LeaseLostError(Exception):
+    """A write to a run this replica does not own: another replica claimed it (its lease had
+    expired) or it was released. The owner drives the run; this replica leaves it alone."""
+
+    def __init__(self, run_id: str, replica: str, owner: str | None) -> None:
+        held = f"replica {owner!r} owns it" if owner is not None else "no replica owns it"
+        super().__init__(
+            f"run {run_id!r} is not leased to replica {replica!r} ({held}); the write is refused"
+        )
+        self.run_id = run_id
+        self.replica = replica
+        self.owner = owner
 
 
 def aware_utc(value: datetime, name: str) -> datetime:
@@ -81,6 +95,8 @@ class RunRecord:
     finished_at: datetime | None
     cancel_requested: bool
     steps: tuple[StepRecord, ...] = ()  # in the order they were created
+    owner: str | None = None  # the replica whose lease on the run is the latest
+    lease_until: datetime | None = None  # past it, any replica may claim an unfinished run
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +157,32 @@ class StepLog:
     text: str
 
 
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who this process is among the replicas sharing a store, and for how long a run it
+    drives stays its own without a renewal."""
+
+    owner: str
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            raise ValueError("replica id: an empty name; give each replica a unique name")
+        if not self.seconds > 0:
+            raise ValueError(f"lease_seconds: {self.seconds} is not a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What renewing this replica's leases found."""
+
+    held: frozenset[str]  # the runs still leased to this replica, now renewed
+    cancel_requested: frozenset[str]  # those of them someone asked to cancel
+
+
 DispatchItem = tuple[ReceivedEvent, Sequence[Decision], Sequence[NewRun]]
 """One event with what the engine decided for it, as `record_dispatches` takes it."""
 
@@ -153,6 +195,11 @@ class Store(Protocol):
     unreachable database raises eventflow.errors.TemporaryError.
     """
 
+    @property
+    def lease(self) -> Lease:
+        """The replica this store writes as: runs it creates or claims are leased to it."""
+        ...
+
     async def close(self) -> None: ...
 
     async def ping(self) -> None: ...
@@ -164,7 +211,8 @@ class Store(Protocol):
         runs: Sequence[NewRun],
         now: datetime,
     ) -> DispatchResult:
-        """Store the event, its decisions and its runs in one transaction, idempotently."""
+        """Store the event, its decisions and its runs in one transaction, idempotently.
+        The runs it creates are leased to this store's replica until `now` + the lease."""
         ...
 
     async def record_dispatches(
@@ -189,6 +237,21 @@ class Store(Protocol):
         """How many runs are in each state (every state named, 0 included)."""
         ...
 
+    async def claim_runs(self, now: datetime, limit: int) -> list[RunRecord]:
+        """Lease to this replica, in one statement, up to `limit` unfinished runs, oldest
+        first, that no replica owns or whose lease expired before `now`; answer them with
+        their steps. Runs another claimer is taking at the same moment are skipped."""
+        ...
+
+    async def renew_leases(self, run_ids: Collection[str], now: datetime) -> Renewal:
+        """Extend to `now` + the lease the leases this replica still holds among `run_ids`."""
+        ...
+
+    async def release_runs(self, run_ids: Collection[str] | None = None) -> None:
+        """Give up the leases this replica holds on the unfinished runs among `run_ids`
+        (None: on all of them), so that any replica may claim them at once."""
+        ...
+
     async def save_progress(
         self,
         run_id: str,
@@ -200,14 +263,16 @@ class Store(Protocol):
     ) -> None:
         """save_steps, save_step_log and set_run_state (state, reason) in ONE transaction:
         what the run controller learned and decided in one turn, stored before it acts.
-        Raises RunFinishedError, storing nothing, when the run has already finished."""
+        Raises RunFinishedError, storing nothing, when the run has already finished, and
+        LeaseLostError, storing nothing, when the run is not leased to this replica."""
         ...
 
     async def set_run_state(
         self, run_id: str, state: str, *, reason: str | None, now: datetime
     ) -> None:
         """Stamp started_at on the first Running and finished_at on a terminal state.
-        Raises RunFinishedError when the run has already finished."""
+        Raises RunFinishedError when the run has already finished, LeaseLostError when it
+        is not leased to this replica."""
         ...
 
     async def request_cancel(self, run_id: str) -> RunRecord | None: ...

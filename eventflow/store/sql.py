@@ -4,14 +4,18 @@
 Opening a store migrates its schema to the newest alembic revision. Every call is one
 transaction, run whole by a `runner` (one event-loop hop on SQLite) with the queries of
 `operations`; runs are keyed by (trigger, dedupe_key) with a unique constraint, so a
-redelivered event, or two replicas dispatching one event at once, start one run. This module
-checks what needs no database and does not decide what to run or when: it keeps what the
-engine and run controller tell it.
+redelivered event, or two replicas dispatching one event at once, start one run. Each store
+writes as one replica (its `Lease`): the runs it creates or claims are leased to it, and it
+refuses to change a run leased to another. This module checks what needs no database and does
+not decide what to run or when: it keeps what the engine and run controller tell it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import secrets
+import socket
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from functools import partial
 
@@ -22,13 +26,16 @@ from eventflow.events import ReceivedEvent
 from eventflow.store import migrations, tables
 from eventflow.store.operations import Operations, check_step_names
 from eventflow.store.records import (
+    DEFAULT_LEASE_SECONDS,
     RUN_STATES,
     UNFINISHED_RUN_STATES,
     Decision,
     DispatchItem,
     DispatchResult,
     EventRecord,
+    Lease,
     NewRun,
+    Renewal,
     RunRecord,
     StepLog,
     StepRecord,
@@ -51,25 +58,55 @@ def _check_limit(limit: int, what: str) -> None:
         raise ValueError(f"limit: {limit} is not a positive number of {what}")
 
 
+EMBEDDED_REPLICA = "embedded"
+
+
+def default_replica_id(dialect: str) -> str:
+    """SQLite is one process's store, so it is one replica whose restart takes its runs back
+    at once; on PostgreSQL each process is a new replica: host, pid and a random part, so
+    that a pid reused in another container is not taken for the dead one."""
+    if dialect == "sqlite":
+        return EMBEDDED_REPLICA
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 class SqlStore:
     """The Store on a SQL database; open it with `await SqlStore.open(url)`."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, lease: Lease) -> None:
         self._runner = runner
-        self._operations = Operations(runner.dialect)
+        self._lease = lease
+        self._operations = Operations(runner.dialect, lease)
 
     @classmethod
-    async def open(cls, url: str) -> SqlStore:
-        """Connect, create the SQLite file's directory if needed, and migrate to head."""
+    async def open(
+        cls,
+        url: str,
+        *,
+        replica_id: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> SqlStore:
+        """Connect, create the SQLite file's directory if needed, and migrate to head; write
+        as `replica_id` (default: `default_replica_id`) with leases of `lease_seconds`."""
         parsed = migrations.parse_url(url)
         runner = connect(parsed)
         try:
+            lease = Lease(replica_id or default_replica_id(runner.dialect), lease_seconds)
             await runner.write(migrations.upgrade)
         except BaseException:
             await runner.close()
             raise
-        structlog.get_logger().info("store opened", url=parsed.render_as_string(hide_password=True))
-        return cls(runner)
+        structlog.get_logger().info(
+            "store opened",
+            url=parsed.render_as_string(hide_password=True),
+            replica=lease.owner,
+            lease_seconds=lease.seconds,
+        )
+        return cls(runner, lease)
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
 
     async def close(self) -> None:
         await self._runner.close()
@@ -133,6 +170,25 @@ class SqlStore:
     async def count_runs(self, trigger: str | None = None) -> dict[str, int]:
         counted = await self._runner.read(partial(self._operations.count_runs, trigger=trigger))
         return {state: counted.get(state, 0) for state in RUN_STATES}
+
+    async def claim_runs(self, now: datetime, limit: int) -> list[RunRecord]:
+        _check_limit(limit, "runs")
+        now = aware_utc(now, "now")
+        return await self._runner.write(partial(self._operations.claim_runs, now=now, limit=limit))
+
+    async def renew_leases(self, run_ids: Collection[str], now: datetime) -> Renewal:
+        now = aware_utc(now, "now")
+        if not run_ids:
+            return Renewal(held=frozenset(), cancel_requested=frozenset())
+        return await self._runner.write(
+            partial(self._operations.renew_leases, run_ids=list(run_ids), now=now)
+        )
+
+    async def release_runs(self, run_ids: Collection[str] | None = None) -> None:
+        if run_ids is None:
+            await self._runner.write(self._operations.release_all_runs)
+        elif run_ids:
+            await self._runner.write(partial(self._operations.release_runs, run_ids=list(run_ids)))
 
     async def save_progress(
         self,

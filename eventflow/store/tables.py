@@ -102,6 +102,9 @@ runs = Table(
     Column("started_at", UtcDateTime),
     Column("finished_at", UtcDateTime),
     Column("cancel_requested", Boolean, nullable=False),
+    # The replica driving the run, and until when (eventflow/runs/runner.py renews it).
+    Column("owner", String(255)),
+    Column("lease_until", UtcDateTime),
     PrimaryKeyConstraint("id", name="pk_runs"),
     UniqueConstraint("trigger", "dedupe_key", name="uq_runs_trigger_dedupe_key"),
     Index("ix_runs_state", "state"),
@@ -195,6 +198,8 @@ def run_record(row: Any, steps: tuple[StepRecord, ...]) -> RunRecord:
         finished_at=row.finished_at,
         cancel_requested=row.cancel_requested,
         steps=steps,
+        owner=row.owner,
+        lease_until=row.lease_until,
     )
 
 
