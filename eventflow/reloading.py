@@ -1,5 +1,6 @@
 """The live configuration: the resource files and the registered webhooks, applied while
-eventflow runs, and applied again on reload (SIGHUP, POST /api/v1/reload) or registration.
+eventflow runs, and applied again on reload (SIGHUP, POST /api/v1/reload, the file watcher of
+`watching.py`) or registration.
 
 A change is all or nothing. The files are read and checked, the registered webhooks read from
 the store, the sensors that are new or whose spec changed are created, and the webhook paths
@@ -325,23 +326,28 @@ class LiveConfig:
         return entries
 
 
+async def reload_logged(reload: Callable[[], Awaitable[SensorChanges]], cause: str) -> None:
+    """Run `reload`; a refusal is logged with its file:line problems, the old config kept.
+
+    SIGHUP and the file watcher have nobody to answer, so the log is where a user sees why."""
+    try:
+        await reload()
+    except ResourceError as error:
+        log.error(
+            "reload refused; nothing changed",
+            cause=cause,
+            problems=[str(problem) for problem in error.problems],
+        )
+
+
 def reload_on_sighup(reload: Callable[[], Awaitable[SensorChanges]]) -> Callable[[], None]:
     """Run `reload` on each SIGHUP (logging the problems of a refused one) until the returned
     function is called. Needs a running loop, on Unix."""
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
-    async def reload_logged() -> None:
-        try:
-            await reload()
-        except ResourceError as error:
-            log.error(
-                "reload refused; nothing changed",
-                problems=[str(problem) for problem in error.problems],
-            )
-
     def on_signal() -> None:
-        task = loop.create_task(reload_logged(), name="reload-on-sighup")
+        task = loop.create_task(reload_logged(reload, "SIGHUP"), name="reload-on-sighup")
         pending.add(task)
         task.add_done_callback(pending.discard)
 

@@ -35,6 +35,7 @@ from eventflow.sensing.protocol import (
     Emit,
     HttpSensor,
     ReportsConnection,
+    ReportsProblem,
     Sensor,
     SensorContext,
     SensorPlugin,
@@ -68,6 +69,7 @@ def open_bus(settings: Settings) -> EventBus:
             bus.url,
             stream=bus.stream,
             subject_prefix=bus.subject_prefix,
+            dead_letter_subject=bus.dead_letter_subject,
             max_age_seconds=bus.max_age_seconds,
             ack_wait_seconds=bus.ack_wait_seconds,
             max_deliver=bus.max_deliver,
@@ -128,7 +130,11 @@ class Service:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await SqlStore.open(self.settings.store_url)
+        self.store = await SqlStore.open(
+            self.settings.store_url,
+            replica_id=self.settings.replica.id,
+            lease_seconds=self.settings.replica.lease_seconds,
+        )
         # The files and the webhooks registered in the store are checked together: a trigger
         # may listen to a registered webhook.
         self.sensor_set = SensorSet(self._create_sensor, self.emit_for)
@@ -206,12 +212,17 @@ class Service:
             return "starting or stopping"
         return self.connector.reason
 
-    def sensor_connections(self) -> dict[str, bool | None]:
-        """Each sensor's connection to its source; None for sensors that keep none."""
-        return {
-            name: sensor.connected if isinstance(sensor, ReportsConnection) else None
-            for name, sensor in sorted(self.sensors.items())
-        }
+    def sensor_connections(self) -> list[dict[str, bool | str | None]]:
+        """Each sensor's connection to its source, by name: `connected` (None for sensors that
+        keep none) and, from a sensor that says, the `problem` keeping it down (or None)."""
+        report: list[dict[str, bool | str | None]] = []
+        for name, sensor in sorted(self.sensors.items()):
+            connected = sensor.connected if isinstance(sensor, ReportsConnection) else None
+            entry: dict[str, bool | str | None] = {"name": name, "connected": connected}
+            if isinstance(sensor, ReportsProblem):
+                entry["problem"] = sensor.problem
+            report.append(entry)
+        return report
 
     def emit_for(self, sensor: str) -> Emit:
         return make_emit(sensor, self.bus, utc_now)

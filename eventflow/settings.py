@@ -7,6 +7,7 @@ data dir, steps as local processes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self
 
@@ -15,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventflow.resources.kubernetes import KubernetesOptions
 from eventflow.sensing.secrets import SecretSource
+from eventflow.store.records import DEFAULT_LEASE_SECONDS
+
+_UNSAFE = re.compile(r"[\s*>]")
+"""What a token of a NATS subject cannot hold: whitespace ends it, * and > are wildcards."""
 
 
 class ApiToken(BaseModel):
@@ -83,6 +88,11 @@ class BusSettings(BaseModel):
         default="eventflow.events", description="NATS: events go to <prefix>.<sensor>"
     )
     topic: str = Field(default="eventflow.events", description="Kafka: the topic of events")
+    dead_letter_subject: str = Field(
+        default="eventflow.dead-letters",
+        description="NATS: subject of the dead letters, kept in stream <stream>_DLQ; outside"
+        " subject_prefix",
+    )
     idempotent: bool = Field(
         default=True,
         description="Kafka: idempotent producer; off only for brokers refusing InitProducerId",
@@ -97,11 +107,42 @@ class BusSettings(BaseModel):
         default=5, ge=1, description="NATS, Kafka: deliveries before an event goes to dead letters"
     )
 
+    @field_validator("dead_letter_subject")
+    @classmethod
+    def _nats_subject(cls, subject: str) -> str:
+        tokens = subject.split(".")
+        if any(not token or token in ("*", ">") or _UNSAFE.search(token) for token in tokens):
+            raise ValueError(
+                f"{subject!r} is not a NATS subject to publish on; use dot-separated tokens"
+                " without spaces or wildcards (* >), e.g. eventflow.dead-letters"
+            )
+        return subject
+
 
 class StoreSettings(BaseModel):
     url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; default: SQLite file eventflow.db under the data dir",
+    )
+
+
+class ReplicaSettings(BaseModel):
+    """Run ownership among replicas sharing one store: each run is leased to the replica that
+    drives it; a lease not renewed in time lets another replica take the run over."""
+
+    id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="this replica's unique name in run leases (e.g. a StatefulSet pod name: a"
+        " restart takes its runs back at once); default: host-pid-random on PostgreSQL,"
+        " 'embedded' on SQLite",
+    )
+    lease_seconds: float = Field(
+        default=DEFAULT_LEASE_SECONDS,
+        ge=0.3,
+        description="seconds a replica keeps a run without renewing (renewed every third of"
+        " it); a dead replica's runs are taken over within 1.5 times this",
     )
 
 
@@ -149,9 +190,20 @@ class Settings(BaseSettings):
         ge=0,
         description="on SIGTERM, seconds running steps get to finish before they are stopped",
     )
+    watch_resources: bool = Field(
+        default=False,
+        description="reload the resource files when they change (`serve --watch`), as SIGHUP does",
+    )
+    watch_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="seconds between two looks at the watched files; a change is applied once"
+        " the files stayed the same for this long",
+    )
     api: ApiSettings = Field(default_factory=ApiSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @property

@@ -1,11 +1,12 @@
-"""The HTTP face of eventflow: webhook endpoints, the REST API (/api/v1, behind bearer tokens
-when any is configured), health.
+"""The HTTP face of eventflow: webhook endpoints, the REST API (/api/v1, and its docs at
+/api/docs and /api/openapi.json, behind bearer tokens when any is configured), health.
 
 Every error is JSON `{"error": "..."}` with a 4xx/5xx status and a reason a user can act on.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from eventflow.api.responses import as_json, error
 from eventflow.api.webhooks import ASGIApp, with_webhooks
 from eventflow.reloading import reload_on_sighup
 from eventflow.service import Service
+from eventflow.watching import watch
 
 log = structlog.get_logger()
 
@@ -28,7 +30,8 @@ log = structlog.get_logger()
 def create_app(service: Service, *, sighup_reloads: bool = False) -> ASGIApp:
     """The ASGI app: webhooks served raw, the rest by FastAPI (behind the API tokens, when
     any is configured), whose lifespan starts and stops the service. With `sighup_reloads`,
-    SIGHUP reloads the resource files, as `POST /api/v1/reload` does."""
+    SIGHUP reloads the resource files, as `POST /api/v1/reload` does; with the setting
+    `watch_resources`, a change to the files does."""
     warning = open_api_warning(service.settings.api)
     if warning is not None:
         log.warning("api without tokens", reason=warning)
@@ -46,15 +49,34 @@ def create_rest_app(
         if manage_service:
             await service.start()
         stop_reloading = reload_on_sighup(service.reload) if sighup_reloads else None
+        settings = service.settings
+        watcher = (
+            asyncio.create_task(
+                watch(service.resource_paths, service.reload, settings.watch_interval_seconds),
+                name="resource-watcher",
+            )
+            if settings.watch_resources
+            else None
+        )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             if stop_reloading is not None:
                 stop_reloading()
             if manage_service:
                 await service.stop()
 
-    app = FastAPI(title="eventflow", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    # The docs live under /api, so they are behind the API's tokens (read scope) with it.
+    app = FastAPI(
+        title="eventflow",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
     app.state.service = service
     app.include_router(intake.router)
     app.include_router(runs.router)
@@ -79,13 +101,11 @@ def create_rest_app(
     async def readyz() -> Response:
         """200 when events can be taken and stored; 503 with the reason otherwise.
 
-        Both answers list each sensor's connection to its source (null: it keeps none)."""
+        Both answers list each sensor's connection to its source (null: it keeps none) and,
+        from sensors that say, the problem keeping it down."""
         if not service.ready:
             return error(503, "not ready: starting or stopping")
-        sensors = [
-            {"name": name, "connected": connected}
-            for name, connected in service.sensor_connections().items()
-        ]
+        sensors = service.sensor_connections()
         reason = service.not_ready_reason()
         if reason is None:
             try:

@@ -1,6 +1,7 @@
 """Bearer tokens in front of the REST API: who may read /api/v1, who may change things.
 
-When `api.tokens` names any token, every request under /api/v1 must carry
+When `api.tokens` names any token, every request under /api (the REST API /api/v1 and its
+documentation, /api/docs and /api/openapi.json, which map every route) must carry
 `Authorization: Bearer <token>`: a missing or unknown token is answered 401 with a
 `WWW-Authenticate` challenge, a token without the scope the method needs 403 (GET, HEAD and
 OPTIONS need `read`, every other method `write`). Token values are read from the environment
@@ -9,7 +10,7 @@ takes effect, and compared in constant time against every token, so timing tells
 /healthz, /readyz and /webhooks/* are not behind the tokens: deliveries carry their own proof.
 With no token configured the API is open; `open_api_warning` says when that is a risk.
 
-This module does not read request bodies or know any route but the /api/v1 prefix.
+This module does not read request bodies or know any route but the /api prefix.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from eventflow.settings import ApiSettings, ApiToken
 
 log = structlog.get_logger()
 
-PROTECTED_PREFIX = "/api/v1"
+PROTECTED_PREFIX = "/api"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHALLENGE = 'Bearer realm="eventflow"'
 

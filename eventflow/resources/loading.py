@@ -25,7 +25,7 @@ from eventflow.resources.models import API_VERSION, KINDS, Resource
 
 R = TypeVar("R", bound=BaseModel)
 
-_SUFFIXES = (".yaml", ".yml")
+SUFFIXES = (".yaml", ".yml")  # also what the file watcher (watching.py) looks at
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -101,7 +101,7 @@ def _files(paths: Sequence[Path], problems: list[Problem]) -> Iterator[Path]:
             found = sorted(
                 candidate
                 for candidate in path.rglob("*")
-                if candidate.suffix in _SUFFIXES
+                if candidate.suffix in SUFFIXES
                 and candidate.is_file()
                 and not any(part.startswith(".") for part in candidate.relative_to(path).parts)
             )

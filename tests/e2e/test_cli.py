@@ -31,12 +31,17 @@ def cli(*args: str, server: str | None = None) -> subprocess.CompletedProcess[st
 
 
 class ServerProcess:
-    def __init__(self, resources: Path, data_dir: Path, port: int) -> None:
+    def __init__(
+        self, resources: Path, data_dir: Path, port: int, options: tuple[str, ...] = ()
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = data_dir.parent / f"server-{port}.log"
         self.log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [EVENTFLOW, "serve", str(resources), "--port", str(port), "--data-dir", str(data_dir)],
+            [
+                *(EVENTFLOW, "serve", str(resources), "--port", str(port)),
+                *("--data-dir", str(data_dir), *options),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=self.log_file,
             env={**os.environ, "EVENTFLOW_SHUTDOWN_GRACE_SECONDS": "1"},
@@ -81,8 +86,10 @@ class ServerProcess:
 def start_server(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
 
-    def start(resources: Path = EXAMPLES, data_dir: Path | None = None) -> ServerProcess:
-        server = ServerProcess(resources, data_dir or tmp_path / "data", free_port())
+    def start(
+        resources: Path = EXAMPLES, data_dir: Path | None = None, *options: str
+    ) -> ServerProcess:
+        server = ServerProcess(resources, data_dir or tmp_path / "data", free_port(), options)
         started.append(server)
         return server
 
@@ -265,3 +272,41 @@ def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path):
     assert run["state"] == "Succeeded"
     assert run["steps"][0]["attempt"] == 2
     assert restarted.stop() == 0
+
+
+def test_serve_watch_applies_an_edited_file_and_refuses_a_broken_one(start_server, tmp_path):
+    """`serve --watch`: a new sensor in the file answers without a reload call; a typo is
+    logged with its file:line and the running endpoints keep answering."""
+    resources = tmp_path / "resources.yaml"
+    document = textwrap.dedent(
+        """\
+        apiVersion: eventflow.io/v1alpha1
+        kind: Sensor
+        metadata: {{name: {name}}}
+        spec:
+          webhook: {{path: {path}}}
+        """
+    )
+    resources.write_text(document.format(name="a", path="a"))
+    server = start_server(resources, None, "--watch")
+
+    def status(path: str) -> int:
+        return httpx.post(f"{server.url}/webhooks/{path}", json={}).status_code
+
+    def eventually(check: Any) -> None:
+        deadline = time.monotonic() + 15
+        while not check():
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.1)
+
+    resources.write_text(
+        document.format(name="a", path="a") + "---\n" + document.format(name="b", path="b")
+    )
+    eventually(lambda: status("b") == 202)
+    resources.write_text(document.format(name="a", path="/c"))
+    eventually(lambda: "reload refused; nothing changed" in server.log.read_text())
+    assert f"{resources}:5: Sensor/a: spec.webhook.path: '/c' starts with /" in (
+        server.log.read_text()
+    )
+    assert (status("a"), status("b")) == (202, 202)
+    assert server.stop() == 0

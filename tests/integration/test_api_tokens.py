@@ -127,3 +127,33 @@ async def test_without_tokens_the_api_is_open(
     """No token configured: /api/v1 answers without an Authorization header."""
     async with server_factory(resources) as server:
         assert (await server.client.get("/api/v1/webhooks")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/docs", "/api/openapi.json"])
+async def test_the_api_docs_are_behind_the_read_scope(
+    server_factory: Callable[..., Any], resources: Path, tokens: ApiSettings, path: str
+) -> None:
+    """The docs and the OpenAPI map of every route: 401 without a token, 200 with a read one;
+    FastAPI's default /openapi.json outside /api is not served at all."""
+    async with server_factory(resources, api=tokens) as server:
+        refused = await server.client.get(path)
+        assert (refused.status_code, refused.headers["www-authenticate"]) == (401, CHALLENGE)
+        assert refused.json() == {
+            "error": "this API needs a token: send the header Authorization: Bearer <token>"
+            " (eventflow CLI: --token or EVENTFLOW_TOKEN)"
+        }
+        assert (await server.client.get(path, headers=bearer("wrong"))).status_code == 401
+        allowed = await server.client.get(path, headers=bearer("reader-secret"))
+        assert allowed.status_code == 200
+        assert (await server.client.get("/openapi.json")).status_code == 404
+
+
+async def test_without_tokens_the_api_docs_are_open(
+    server_factory: Callable[..., Any], resources: Path
+) -> None:
+    """No token configured: the docs answer as the API does, and describe its routes."""
+    async with server_factory(resources) as server:
+        assert (await server.client.get("/api/docs")).status_code == 200
+        schema = (await server.client.get("/api/openapi.json")).json()
+        assert "/api/v1/webhooks" in schema["paths"]
+        assert not any(path.startswith("/webhooks/") for path in schema["paths"])

@@ -67,14 +67,17 @@ def test_a_read_token_is_403_on_writes(method: str) -> None:
     [
         ("/api/v1", True),
         ("/api/v1/webhooks", True),
-        ("/api/v10", False),
-        ("/api/docs", False),
+        ("/api/docs", True),
+        ("/api/openapi.json", True),
+        ("/api", True),
+        ("/apis", False),
+        ("/openapi.json", False),
         ("/healthz", False),
         ("/webhooks/api/v1", False),
     ],
 )
-def test_only_api_v1_is_protected(path: str, protected: bool) -> None:
-    """The prefix is matched by whole segments."""
+def test_only_the_api_and_its_docs_are_protected(path: str, protected: bool) -> None:
+    """The /api prefix is matched by whole segments; webhooks and health stay outside."""
     assert is_protected(path) is protected
 
 
