@@ -119,6 +119,23 @@ async def slow_body(first: bytes, release: asyncio.Event, rest: bytes) -> AsyncI
     yield rest
 
 
+async def request_in_flight(server: Any) -> tuple[asyncio.Task[Any], asyncio.Event]:
+    """A POST to /webhooks/a that has reached the server and whose body ends only once the
+    returned event is set."""
+    release = asyncio.Event()
+    in_flight = asyncio.create_task(
+        server.client.post(
+            "/webhooks/a",
+            content=slow_body(b'{"n":', release, b" 1}"),
+            headers={"content-type": "application/json"},
+        )
+    )
+    async with asyncio.timeout(5):
+        while not server.server.server_state.tasks:
+            await asyncio.sleep(0.01)
+    return in_flight, release
+
+
 @pytest.mark.parametrize("change", ["changed", "removed"])
 async def test_in_flight_request_finishes_on_its_sensor_across_a_reload(
     server_factory: Callable[..., Any], folder: Path, change: str
@@ -126,17 +143,7 @@ async def test_in_flight_request_finishes_on_its_sensor_across_a_reload(
     """A request whose body is still arriving when its sensor is changed or removed is
     answered 202 by the sensor it reached, with that sensor's event type."""
     async with server_factory(folder) as server:
-        release = asyncio.Event()
-        in_flight = asyncio.create_task(
-            server.client.post(
-                "/webhooks/a",
-                content=slow_body(b'{"n":', release, b" 1}"),
-                headers={"content-type": "application/json"},
-            )
-        )
-        async with asyncio.timeout(5):
-            while not server.server.server_state.tasks:  # the request reached the server
-                await asyncio.sleep(0.01)
+        in_flight, release = await request_in_flight(server)
         await asyncio.sleep(0.05)
         documents = [sensor("b", "b")]
         if change == "changed":

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import yaml
 
-from eventflow.events import Event, ReceivedEvent
 from eventflow.executors.local import LocalExecutor
 from eventflow.resources.models import WorkflowSpec
 from eventflow.runs.leasing import LeaseKeeper
@@ -29,13 +28,13 @@ from eventflow.settings import ReplicaSettings
 from eventflow.store.records import (
     Lease,
     LeaseLostError,
-    NewRun,
     Renewal,
     RunRecord,
     StepLog,
     StepRecord,
 )
 from eventflow.store.sql import EMBEDDED_REPLICA, SqlStore
+from tests.integration.test_runner import create_run
 from tests.integration.test_store import T0, dispatch
 
 pytestmark = pytest.mark.timeout(60)
@@ -313,22 +312,6 @@ async def replica(
         await store.close()
 
 
-async def create_run(store: SqlStore, flags: Path) -> RunRecord:
-    spec = workflow(flags)
-    event = ReceivedEvent(Event(id="e1", source="/t", type="t"), "hook", datetime.now(UTC))
-    run = NewRun(
-        id="run-1",
-        trigger="t",
-        workflow="w",
-        dedupe_key="k",
-        arguments={},
-        workflow_spec=spec.model_dump(mode="json", by_alias=True),
-        step_names=("work", "after"),
-    )
-    [created] = (await store.record_dispatch(event, [], [run], datetime.now(UTC))).created
-    return created
-
-
 async def wait_for(store: SqlStore, run_id: str, check: Any, timeout: float = 20) -> Any:
     async with asyncio.timeout(timeout):
         while not check(run := await store.get_run(run_id)):
@@ -357,7 +340,7 @@ async def test_a_replica_starting_leaves_alone_the_run_another_drives(store_url,
     flags = tmp_path / "flags"
     flags.mkdir()
     async with replica("a", store_url, tmp_path, lease=2) as a:
-        created = await create_run(a.store, flags)
+        created = await create_run(a.store, workflow(flags))
         run_id = created.id
         a.controller.admit(created)
         await wait_for(a.store, run_id, lambda run: step_state(run, "work") == ("Running", 1))
@@ -400,7 +383,7 @@ async def test_a_dead_replicas_run_is_taken_over_after_its_lease_and_finishes_on
         before = asyncio.all_tasks()
         controller = RunController(store, executor, lambda: datetime.now(UTC), dict)
         await controller.start()
-        created = await create_run(store, flags)
+        created = await create_run(store, workflow(flags))
         run_id = created.id
         controller.admit(created)
         await wait_for(store, run_id, lambda run: step_state(run, "work") == ("Running", 1))
@@ -440,7 +423,7 @@ async def test_a_replica_that_lost_its_lease_stops_writing(store_url, tmp_path):
     async with replica("a", store_url, tmp_path, stalled=True) as a:
         stalled = a.controller._store
         assert isinstance(stalled, StalledRenewals)
-        created = await create_run(a.store, flags)
+        created = await create_run(a.store, workflow(flags))
         run_id = created.id
         a.controller.admit(created)
         await wait_for(a.store, run_id, lambda run: step_state(run, "work") == ("Running", 1))
@@ -480,7 +463,7 @@ async def test_a_cancel_asked_of_another_replica_reaches_the_owner_at_its_renewa
         replica("a", store_url, tmp_path) as a,
         replica("b", store_url, tmp_path) as b,
     ):
-        created = await create_run(a.store, flags)
+        created = await create_run(a.store, workflow(flags))
         a.controller.admit(created)
         await wait_for(a.store, created.id, lambda run: step_state(run, "work") == ("Running", 1))
         answered = await b.controller.cancel(created.id)

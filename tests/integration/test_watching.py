@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from eventflow.reloading import SensorChanges
 from eventflow.watching import snapshot, watch
-from tests.integration.test_reloading import sensor, slow_body, wait_event, write
+from tests.integration.test_reloading import request_in_flight, sensor, wait_event, write
 
 INTERVAL = 0.05
 
@@ -85,17 +85,7 @@ async def test_in_flight_request_finishes_across_a_watched_change(
     async with server_factory(
         folder, watch_resources=True, watch_interval_seconds=INTERVAL
     ) as server:
-        release = asyncio.Event()
-        in_flight = asyncio.create_task(
-            server.client.post(
-                "/webhooks/a",
-                content=slow_body(b'{"n":', release, b" 1}"),
-                headers={"content-type": "application/json"},
-            )
-        )
-        async with asyncio.timeout(5):
-            while not server.server.server_state.tasks:  # the request reached the server
-                await asyncio.sleep(0.01)
+        in_flight, release = await request_in_flight(server)
         old = server.service.sensors["a"]
         write(folder, sensor("a", "a", "com.example.new"))
         async with asyncio.timeout(5):
