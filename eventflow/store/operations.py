@@ -25,7 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from eventflow.store import tables
+from eventflow.store import jsoncodec, tables
+from eventflow.store.bulk import BulkInsert
 from eventflow.store.records import (
     TERMINAL_RUN_STATES,
     UNFINISHED_RUN_STATES,
@@ -88,9 +89,10 @@ class Operations:
         self._lease_length = timedelta(seconds=lease.seconds)
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         runs, steps, logs = tables.runs, tables.steps, tables.step_logs
-        self._insert_event = insert(tables.events).on_conflict_do_nothing(
-            index_elements=["id", "sensor"]
+        self._insert_events = BulkInsert(
+            insert(tables.events).on_conflict_do_nothing(index_elements=["id", "sensor"])
         )
+        self._driver_utc = tables.driver_utc(dialect)
         self._insert_run = (
             insert(runs)
             .on_conflict_do_nothing(index_elements=["trigger", "dedupe_key"])
@@ -100,8 +102,10 @@ class Operations:
             runs.c.trigger == bindparam("p_trigger"), runs.c.dedupe_key == bindparam("p_key")
         )
         self._insert_steps = insert(steps)
-        self._insert_decisions = insert(tables.decisions).on_conflict_do_nothing(
-            index_elements=["event_id", "sensor", "trigger"]
+        self._insert_decisions = BulkInsert(
+            insert(tables.decisions).on_conflict_do_nothing(
+                index_elements=["event_id", "sensor", "trigger"]
+            )
         )
         self._update_step = (
             update(steps)
@@ -196,23 +200,24 @@ class Operations:
         seen per run), and all their decisions in one statement."""
         if not batch:
             return []
-        connection.execute(
-            self._insert_event,
+        stamp = self._driver_utc
+        self._insert_events(
+            connection,
             [
-                {
-                    "id": event.id,
-                    "sensor": event.sensor,
-                    "type": event.event.type,
-                    "source": event.event.source,
-                    "subject": event.event.subject,
-                    "received_at": aware_utc(event.received_at, "event.received_at"),
-                    "document": event.event.to_dict(),
-                }
+                (
+                    event.id,
+                    event.sensor,
+                    event.event.type,
+                    event.event.source,
+                    event.event.subject,
+                    stamp(aware_utc(event.received_at, "event.received_at")),
+                    jsoncodec.dumps(event.event.to_dict()),
+                )
                 for event, _, _ in batch
             ],
         )
         results: list[DispatchResult] = []
-        decision_rows: list[dict[str, Any]] = []
+        decision_rows: list[tuple[object, ...]] = []
         for event, decisions, runs in batch:
             created: list[RunRecord] = []
             existing: dict[str, str] = {}
@@ -227,22 +232,22 @@ class Operations:
                 else:
                     created.append(record)
             decision_rows.extend(
-                {
-                    "event_id": event.id,
-                    "sensor": event.sensor,
-                    "trigger": decision.trigger,
-                    "position": position,
-                    "matched": decision.matched,
-                    "reason": decision.reason,
-                    "run_id": resolved.get(decision.run_id, decision.run_id)
+                (
+                    event.id,
+                    event.sensor,
+                    decision.trigger,
+                    position,
+                    decision.matched,
+                    decision.reason,
+                    resolved.get(decision.run_id, decision.run_id)
                     if decision.run_id is not None
                     else None,
-                }
+                )
                 for position, decision in enumerate(decisions)
             )
             results.append(DispatchResult(created=tuple(created), existing=existing))
         if decision_rows:
-            connection.execute(self._insert_decisions, decision_rows)
+            self._insert_decisions(connection, decision_rows)
         return results
 
     def _insert_new_run(

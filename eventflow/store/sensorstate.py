@@ -14,18 +14,34 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from eventflow.sensing.protocol import SpaceWrite
 from eventflow.sensing.state import SpacesState, check_scan_limit, check_space
+from eventflow.store.bulk import BulkInsert
 from eventflow.store.records import aware_utc
 from eventflow.store.runner import Runner
-from eventflow.store.tables import sensor_state
+from eventflow.store.tables import UtcDateTime, driver_utc, sensor_state
 
 T = TypeVar("T")
 # SQLite allows 32,766 bound parameters since 3.32 and PostgreSQL 65,535; a chunk binds one per key.
 _CHUNK = 500
+# Built once with bind parameters (an expanding one for the keys), so that a call finds them
+# compiled in SQLAlchemy's cache instead of building a statement and its cache key each time.
+_IN_KEYS = and_(
+    sensor_state.c.sensor == bindparam("p_sensor"),
+    sensor_state.c.space == bindparam("p_space"),
+    sensor_state.c.key.in_(bindparam("p_keys", expanding=True)),
+)
+_GET = select(sensor_state.c.key, sensor_state.c.value).where(
+    _IN_KEYS,
+    or_(
+        sensor_state.c.expires_at.is_(None),
+        sensor_state.c.expires_at > bindparam("p_now", type_=UtcDateTime()),
+    ),
+)
+_DELETE = delete(sensor_state).where(_IN_KEYS)
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
@@ -42,20 +58,21 @@ class SqlSensorState(SpacesState):
         self._clock = clock
         insert = postgresql.insert if runner.dialect == "postgresql" else sqlite.insert
         statement = insert(sensor_state)
-        # Built once and run with a list of rows (executemany): the compiled form is cached, where
-        # a multi-row VALUES is compiled again for every number of rows and cost more than the
-        # database's own work.
-        self._upsert = statement.on_conflict_do_update(
-            index_elements=["sensor", "space", "key"],
-            set_={"value": statement.excluded.value, "expires_at": statement.excluded.expires_at},
+        # Built once and run with a list of rows (executemany): a multi-row VALUES is compiled
+        # again for every number of rows and cost more than the database's own work.
+        self._upsert = BulkInsert(
+            statement.on_conflict_do_update(
+                index_elements=["sensor", "space", "key"],
+                set_={
+                    "value": statement.excluded.value,
+                    "expires_at": statement.excluded.expires_at,
+                },
+            )
         )
+        self._driver_utc = driver_utc(runner.dialect)
 
-    def _in(self, space: str) -> ColumnElement[bool]:
-        return and_(sensor_state.c.sensor == self._sensor, sensor_state.c.space == space)
-
-    def _live(self) -> ColumnElement[bool]:
-        now = aware_utc(self._clock(), "clock()")
-        return or_(sensor_state.c.expires_at.is_(None), sensor_state.c.expires_at > now)
+    def _now(self) -> datetime:
+        return aware_utc(self._clock(), "clock()")
 
     async def read_spaces(self, keys: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
         for space in keys:
@@ -64,15 +81,16 @@ class SqlSensorState(SpacesState):
         wanted = [(space, list(names)) for space, names in keys.items() if names]
         if not wanted:
             return found
-        live = self._live()
+        now = self._now()
 
         def read(connection: Connection) -> dict[str, dict[str, str]]:
             for space, names in wanted:
                 for chunk in _chunks(names):
-                    query = select(sensor_state.c.key, sensor_state.c.value).where(
-                        self._in(space), sensor_state.c.key.in_(chunk), live
+                    rows = connection.execute(
+                        _GET,
+                        {"p_sensor": self._sensor, "p_space": space, "p_keys": chunk, "p_now": now},
                     )
-                    found[space].update((row.key, row.value) for row in connection.execute(query))
+                    found[space].update((row.key, row.value) for row in rows)
             return found
 
         return await self._runner.read(read)
@@ -91,26 +109,20 @@ class SqlSensorState(SpacesState):
         def apply(connection: Connection) -> None:
             for space, rows, gone in steps:
                 if rows:
-                    connection.execute(self._upsert, rows)
+                    self._upsert(connection, rows)
                 for keys in _chunks(gone):
                     connection.execute(
-                        delete(sensor_state).where(self._in(space), sensor_state.c.key.in_(keys))
+                        _DELETE, {"p_sensor": self._sensor, "p_space": space, "p_keys": keys}
                     )
 
         await self._runner.write(apply)
 
-    def _rows(self, write: SpaceWrite) -> list[dict[str, object]]:
-        expiry = None if write.expires_at is None else aware_utc(write.expires_at, "expires_at")
-        return [
-            {
-                "sensor": self._sensor,
-                "space": write.space,
-                "key": key,
-                "value": value,
-                "expires_at": expiry,
-            }
-            for key, value in write.put.items()
-        ]
+    def _rows(self, write: SpaceWrite) -> list[tuple[object, ...]]:
+        """The rows `_upsert` binds, the expiry converted for the driver once for them all."""
+        expiry = None
+        if write.expires_at is not None:
+            expiry = self._driver_utc(aware_utc(write.expires_at, "expires_at"))
+        return [(self._sensor, write.space, key, value, expiry) for key, value in write.put.items()]
 
     async def scan(
         self, space: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
@@ -118,7 +130,11 @@ class SqlSensorState(SpacesState):
         check_space(space)
         check_scan_limit(limit)
         key = sensor_state.c.key
-        conditions = [self._in(space), self._live()]
+        conditions = [
+            sensor_state.c.sensor == self._sensor,
+            sensor_state.c.space == space,
+            or_(sensor_state.c.expires_at.is_(None), sensor_state.c.expires_at > self._now()),
+        ]
         if prefix:
             # The range lets the primary key's index find the start; substr keeps it exact.
             conditions += [key >= prefix, func.substr(key, 1, len(prefix)) == prefix]

@@ -7,6 +7,7 @@ must match what is declared here. This module runs no query.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +49,20 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def driver_utc(dialect: str) -> Callable[[datetime], datetime | str]:
+    """What a `UtcDateTime` column hands the driver for an aware datetime, for statements run
+    with `exec_driver_sql`, which skip SQLAlchemy's bind processing per value: on SQLite the
+    naive UTC text that SQLAlchemy's DATETIME writes ("2024-05-01 12:00:00.000000"), formatted
+    in C; on PostgreSQL the datetime in UTC."""
+    if dialect == "sqlite":
+        return _sqlite_utc
+    return lambda value: value.astimezone(UTC)
+
+
+def _sqlite_utc(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _json() -> Any:

@@ -249,6 +249,24 @@ async def test_event_keeps_document_and_decisions_in_order(store: SqlStore) -> N
     assert await store.get_event("missing") is None
 
 
+async def test_event_document_keeps_big_integers_and_reads_non_string_keys_as_json(
+    store: SqlStore,
+) -> None:
+    """Integers beyond 64 bits stay exact and keys that are not strings become strings, as
+    with the standard library's json; an all-zero commit id stays a string."""
+    data = {"big": 2**70, "negative": -(2**63) - 1, 7: "seven", "before": "0" * 40}
+    event = Event(id="e1", source="s", type="t", data=data)
+    await store.record_dispatch(ReceivedEvent(event=event, sensor="s", received_at=T0), [], [], T0)
+    stored = await store.get_event("e1")
+    assert stored is not None
+    assert stored.document["data"] == {
+        "big": 2**70,
+        "negative": -(2**63) - 1,
+        "7": "seven",
+        "before": "0" * 40,
+    }
+
+
 async def test_one_event_id_from_two_sensors_is_two_events(store: SqlStore) -> None:
     """Events are keyed by (id, sensor); get_event can pick the sensor."""
     await store.record_dispatch(received(sensor="a"), [], [], T0)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eventflow.errors import ConfigError
+from eventflow.store import jsoncodec
 
 HERE = Path(__file__).parent
 DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
@@ -65,14 +66,25 @@ def sqlite_engine(url: URL) -> Engine:
     """A synchronous engine on the file of a SQLite URL from `parse_url`; creates its
     directory. Its connections may be used from any thread, one thread at a time."""
     Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_sync_engine(url.set(drivername="sqlite+pysqlite"))
+    engine = create_sync_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        json_serializer=jsoncodec.dumps,
+        json_deserializer=jsoncodec.loads,
+    )
     event.listen(engine, "connect", _sqlite_connect)
     return engine
 
 
 def postgres_engine(url: URL) -> AsyncEngine:
     """An asyncpg engine for a PostgreSQL URL from `parse_url`."""
-    return create_async_engine(url, pool_pre_ping=True)
+    # SQLAlchemy's JSON and JSONB types call the serializer on bind, and its asyncpg codecs
+    # call the deserializer on the text of each value read.
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        json_serializer=jsoncodec.dumps,
+        json_deserializer=jsoncodec.loads,
+    )
 
 
 def upgrade(connection: Connection) -> None:
