@@ -9,7 +9,6 @@ map those onto `Event`.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from eventflow import jsoncodec
 from eventflow.errors import InvalidEventError
 
 SPEC_VERSION = "1.0"
@@ -181,12 +181,12 @@ class ReceivedEvent:
         document = self.event.to_dict()
         document[SENSOR_EXTENSION] = self.sensor
         document[RECEIVED_EXTENSION] = format_time(self.received_at)
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        return jsoncodec.dumps(document)
 
     @classmethod
     def decode(cls, payload: bytes) -> ReceivedEvent:
         try:
-            document = json.loads(payload)
+            document = jsoncodec.loads(payload)
         except ValueError as error:
             raise InvalidEventError(f"bus payload is not JSON: {error}") from error
         if not isinstance(document, dict):

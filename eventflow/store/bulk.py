@@ -4,7 +4,7 @@ SQLAlchemy handles each row's parameters in Python (a dict of them, a bind proce
 value), and on the store's hot paths (every event and its decisions, a sensor's state) that
 held the SQLite writer thread's GIL longer than the database's own work. A `BulkInsert` takes
 rows as tuples holding what the driver binds, already converted: JSON as text from
-`jsoncodec.dumps`, datetimes from `tables.driver_utc`. It runs no other statement.
+`jsoncodec.dumps_text`, datetimes from `tables.driver_utc`. It runs no other statement.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from eventflow.store import jsoncodec, tables
+from eventflow import jsoncodec
+from eventflow.store import tables
 from eventflow.store.bulk import BulkInsert
 from eventflow.store.records import (
     TERMINAL_RUN_STATES,
@@ -211,7 +212,7 @@ class Operations:
                     event.event.source,
                     event.event.subject,
                     stamp(aware_utc(event.received_at, "event.received_at")),
-                    jsoncodec.dumps(event.event.to_dict()),
+                    jsoncodec.dumps_text(event.event.to_dict()),
                 )
                 for event, _, _ in batch
             ],

@@ -92,7 +92,7 @@ def header_extensions(headers: Mapping[str, str], kept: Mapping[str, str]) -> di
 def without_secrets(headers: Mapping[str, str], secret: frozenset[str]) -> dict[str, str]:
     """The headers minus every credential one: what templates may read. Names lower-cased."""
     return {
-        name.lower(): value
+        lowered: value
         for name, value in headers.items()
-        if name.lower() not in secret and name.lower() not in ALWAYS_SECRET
+        if (lowered := name.lower()) not in secret and lowered not in ALWAYS_SECRET
     }

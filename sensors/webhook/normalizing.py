@@ -30,8 +30,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import orjson
+
 from eventflow.errors import ExpressionError, InvalidEventError
 from eventflow.events import JSON_CONTENT_TYPE, Event, new_event_id
+from eventflow.jsoncodec import may_hold_big_integer
 from eventflow.sensing.binding import binary_event
 from eventflow.sensing.protocol import HttpRequest
 from eventflow.sensing.templating import Defaults, render_attributes
@@ -103,9 +106,10 @@ def _lower_names(headers: Mapping[str, str]) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
 
-def is_batch(request: HttpRequest) -> bool:
-    """Whether the request is a CloudEvents batch (answered with all ids, not one)."""
-    media = parse_media_type(_lower_names(request.headers).get("content-type"))
+def is_batch(content_type: str | None) -> bool:
+    """Whether a request of this Content-Type is a CloudEvents batch (answered with all ids,
+    not one)."""
+    media = parse_media_type(content_type)
     return media is not None and media.essence == BATCH_CONTENT_TYPE
 
 
@@ -227,10 +231,26 @@ _JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _parse_json(body: bytes, media: MediaType) -> Any:
+    """The JSON value of `body`, as Python's json reads it; RequestError saying why not.
+
+    orjson reads the common case, UTF-8 text, at a third of the cost. Where it refuses a body
+    (invalid JSON, but also NaN, Infinity, 1e400, a lone surrogate escape, deep nesting) or
+    might read one differently (a huge integer), Python's json has the last word, so what is
+    accepted, what it becomes and the message of a refusal stay json's.
+    """
     if not body:
         raise RequestError(
             400, f"body is empty; a request of type {media.essence} must carry a JSON value"
         )
+    if media.charset in (None, "utf-8") and not may_hold_big_integer(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # json decides, and words the refusal
+    return _parse_json_text(body, media)
+
+
+def _parse_json_text(body: bytes, media: MediaType) -> Any:
     text = _decode_text(body, media)
     try:
         return _JSON.decode(text)

@@ -139,18 +139,21 @@ class WebhookSensor:
                 f" sensor {self.name}",
             )
         now = self._clock()
-        refusal = self._authenticate(request, now) or self._limit(now)
+        # The listener lower-cases names already; a test or the test kit may not.
+        lowered = {name.lower(): value for name, value in request.headers.items()}
+        refusal = self._authenticate(lowered, request.body, now) or self._limit(now)
         if refusal is not None:
             return refusal
         # A template or a binary-mode ce-* header must not copy a credential into the event.
-        headers = without_secrets(request.headers, self._secret_headers)
+        headers = without_secrets(lowered, self._secret_headers)
         try:
             found = deliveries(request, self.config, now, kept=self._kept, headers=headers)
         except RequestError as error:
             return self._reject(error.status, error.message)
         keys = [delivery.key for delivery in found if delivery.key is not None]
+        batch = is_batch(lowered.get("content-type"))
         async with self._ledger.holding(keys, now) as seen:
-            return await self._publish(found, seen, emit, now, batch=is_batch(request))
+            return await self._publish(found, seen, emit, now, batch=batch)
 
     async def _publish(
         self,
@@ -205,16 +208,20 @@ class WebhookSensor:
             headers={"Retry-After": retry_after(wait)},
         )
 
-    def _authenticate(self, request: HttpRequest, now: datetime) -> HttpReply | None:
-        """None when the delivery may go on; otherwise the 401 or 503 to answer."""
+    def _authenticate(
+        self, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> HttpReply | None:
+        """None when the delivery may go on; otherwise the 401 or 503 to answer.
+
+        `headers` has lower-case names.
+        """
         auth, secrets = self.config.auth, self._secrets
         if auth is None or secrets is None:
             return None
-        headers = {name.lower(): value for name, value in request.headers.items()}
 
         def failure() -> AuthError | None:
             try:
-                verify_delivery(auth, secrets.current, headers, request.body, now)
+                verify_delivery(auth, secrets.current, headers, body, now)
             except AuthError as error:
                 return error
             return None

@@ -21,8 +21,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from eventflow import jsoncodec
 from eventflow.errors import ConfigError
-from eventflow.store import jsoncodec
 
 HERE = Path(__file__).parent
 DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
@@ -68,7 +68,7 @@ def sqlite_engine(url: URL) -> Engine:
     Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
     engine = create_sync_engine(
         url.set(drivername="sqlite+pysqlite"),
-        json_serializer=jsoncodec.dumps,
+        json_serializer=jsoncodec.dumps_text,
         json_deserializer=jsoncodec.loads,
     )
     event.listen(engine, "connect", _sqlite_connect)
@@ -82,7 +82,7 @@ def postgres_engine(url: URL) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_pre_ping=True,
-        json_serializer=jsoncodec.dumps,
+        json_serializer=jsoncodec.dumps_text,
         json_deserializer=jsoncodec.loads,
     )
 

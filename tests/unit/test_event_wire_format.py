@@ -1,0 +1,152 @@
+"""Bus payloads: written and read by orjson where it agrees with json, by json elsewhere."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventflow import jsoncodec
+from eventflow.errors import InvalidEventError
+from eventflow.events import Event, ReceivedEvent
+
+STAMP = datetime(2024, 5, 6, tzinfo=UTC)
+PIECES = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    '"a"',
+    '"\\ud800"',
+    "1",
+    "-",
+    "1.5",
+    "1e400",
+    "NaN",
+    "-Infinity",
+    "12345678901234567890",
+    "null",
+    " ",
+    "\n",
+    "é",
+    "\ufeff",
+    "\x01",
+]
+
+
+def outcome(payload: bytes) -> tuple[str, str]:
+    try:
+        return ("value", repr(jsoncodec.loads(payload)))
+    except ValueError as error:
+        return ("refused", f"{type(error).__name__}: {error}")
+
+
+def reference(payload: bytes) -> tuple[str, str]:
+    try:
+        return ("value", repr(json.loads(payload)))
+    except ValueError as error:
+        return ("refused", f"{type(error).__name__}: {error}")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(st.sampled_from(PIECES), max_size=10),
+    st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32-le"]),
+)
+def test_loads_reads_what_json_reads(pieces: list[str], encoding: str) -> None:
+    """The same value (types and all) or the same refusal, in every encoding json detects."""
+    payload = "".join(pieces).encode(encoding, "surrogatepass")
+    assert outcome(payload) == reference(payload)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"n": 2**70, "m": -(2**64)},
+        {"big": float("inf"), "nan": float("nan")},
+        {"text": "é \u2028 \U0001f600"},
+        [1, 1.0, -0.0, True, None],
+    ],
+)
+def test_an_encoded_event_decodes_to_the_same_event(data: Any) -> None:
+    """Huge integers, non-finite floats and non-ASCII text survive the bus."""
+    event = ReceivedEvent(Event(id="1", source="/s", type="t", data=data), "hooks", STAMP)
+    decoded = ReceivedEvent.decode(event.encode())
+    assert repr(decoded) == repr(event)
+
+
+def test_a_payload_that_is_not_json_keeps_its_message() -> None:
+    """The refusal names json's reason after the usual prefix."""
+    with pytest.raises(InvalidEventError) as refused:
+        ReceivedEvent.decode(b'{"id": ')
+    assert (
+        str(refused.value) == "bus payload is not JSON: Expecting value: line 1 column 8 (char 7)"
+    )
+
+
+def reference_encode(event: ReceivedEvent) -> bytes:
+    """What json alone writes (escaped to ASCII: a lone surrogate, which has no UTF-8, still
+    travels, as an escape json reads back)."""
+    document = event.event.to_dict()
+    document["eventflowsensor"] = event.sensor
+    document["eventflowreceived"] = "2024-05-06T00:00:00Z"
+    return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def written(encode: Any, event: ReceivedEvent) -> tuple[str, str]:
+    try:
+        payload = encode(event)
+    except (ValueError, TypeError) as error:  # UnicodeEncodeError is a ValueError
+        return ("refused", type(error).__name__)
+    return ("payload", repr(json.loads(payload)))
+
+
+DATA = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | st.text(max_size=4)
+    | st.sampled_from(["\ud800", datetime(2024, 1, 1, tzinfo=UTC), uuid.UUID(int=1), (1, 2)]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        | st.dictionaries(st.integers(0, 3), inner, max_size=2)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(DATA)
+def test_encode_writes_what_json_wrote(data: Any) -> None:
+    """Any data: a payload json reads back as before, or the same kind of refusal."""
+    event = ReceivedEvent(Event(id="1", source="/s", type="t", data=data), "hooks", STAMP)
+    assert written(ReceivedEvent.encode, event) == written(reference_encode, event)
+
+
+def test_a_cycle_is_refused_as_json_refuses_it() -> None:
+    """A document that contains itself is json's ValueError, not a hang."""
+    data: dict[str, Any] = {}
+    data["self"] = data
+    event = ReceivedEvent(Event(id="1", source="/s", type="t", data=data), "hooks", STAMP)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        event.encode()
+
+
+def test_deep_nesting_is_written_by_json() -> None:
+    """Deeper than orjson writes: json writes it, and it reads back."""
+    data: list[Any] = []
+    inner = data
+    for _ in range(300):
+        inner.append([])
+        inner = inner[0]
+    event = ReceivedEvent(Event(id="1", source="/s", type="t", data=data), "hooks", STAMP)
+    assert ReceivedEvent.decode(event.encode()) == event
