@@ -27,6 +27,9 @@ from eventflow.store.tables import UtcDateTime, driver_utc, sensor_state
 T = TypeVar("T")
 # SQLite allows 32,766 bound parameters since 3.32 and PostgreSQL 65,535; a chunk binds one per key.
 _CHUNK = 500
+LOOKUP_KEYS = 64
+"""Up to this many keys a read is a `Runner.lookup`: a webhook's redelivery check, each
+request's keys read together with those of the requests that arrived meanwhile."""
 # Built once with bind parameters (an expanding one for the keys), so that a call finds them
 # compiled in SQLAlchemy's cache instead of building a statement and its cache key each time.
 _IN_KEYS = and_(
@@ -93,6 +96,8 @@ class SqlSensorState(SpacesState):
                     found[space].update((row.key, row.value) for row in rows)
             return found
 
+        if sum(len(names) for _, names in wanted) <= LOOKUP_KEYS:
+            return await self._runner.lookup(read)
         return await self._runner.read(read)
 
     async def write_spaces(self, writes: Sequence[SpaceWrite]) -> None:
