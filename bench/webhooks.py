@@ -12,6 +12,10 @@ secret (X-Hub-Signature-256), a new X-GitHub-Delivery per request so that none i
            with anyone else's; `--nats URL` uses a running server instead (a fresh stream and
            its dead-letter stream, both deleted afterwards).
 
+`--workers 0 1` measures memory and jetstream once per count of intake workers
+(`api.intake_workers`): with 0 one process answers the webhooks and runs the engine; with N,
+N processes answer the webhooks and the main process runs the engine.
+
 The server and wrk share this machine's cores, as they would on a small node; run with
 nothing else busy. Nothing is asserted: figures are printed for the closing note.
 """
@@ -137,14 +141,17 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit(f"server not ready:\n{log.read_text()}")
 
 
-def start(kind: str, work: Path, port: int, nats: str, stream: str) -> subprocess.Popen[bytes]:
-    log = work / f"{kind}.log"
+def start(
+    kind: str, workers: int, work: Path, port: int, nats: str, stream: str
+) -> subprocess.Popen[bytes]:
+    log = work / f"{kind}-{workers}.log"
     env = {**os.environ, "BENCH_GITHUB_SECRET": SECRET, "EVENTFLOW_LOG_LEVEL": "warning"}
     if kind == "bare":
         command = [sys.executable, __file__, "--serve-bare", str(port)]
     else:
         command = [EVENTFLOW, "serve", str(work / "sensor.yaml"), "--port", str(port)]
-        command += ["--data-dir", str(work / f"data-{kind}")]
+        command += ["--data-dir", str(work / f"data-{kind}-{workers}")]
+        command += ["--intake-workers", str(workers)]
         if kind == "jetstream":
             env |= {
                 "EVENTFLOW_BUS__URL": nats,
@@ -203,12 +210,13 @@ async def delete_stream(nats: str, stream: str) -> None:
         await client.close()
 
 
-def measure(kind: str, work: Path, script: Path, args: argparse.Namespace) -> Figures:
+def measure(kind: str, workers: int, work: Path, script: Path, args: argparse.Namespace) -> Figures:
     port = free_port()
     stream = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
-    process = start(kind, work, port, args.nats, stream)
+    process = start(kind, workers, work, port, args.nats, stream)
+    name = kind if kind == "bare" else f"{kind}/{workers}w"
     try:
-        return run_wrk(kind, port, script, args)
+        return run_wrk(name, port, script, args)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -250,6 +258,9 @@ def main() -> None:
         "--nats", default=None, help="a running JetStream server (default: start one)"
     )
     parser.add_argument("--only", nargs="*", default=["bare", "memory", "jetstream"])
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[0, 1], help="intake worker counts to measure"
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare is not None:
@@ -267,22 +278,26 @@ def main() -> None:
             WRK_SCRIPT % {"run": uuid.uuid4().hex[:8], "body": body, "signature": signature}
         )
         with own_nats(work, args):
-            results = {kind: measure(kind, work, script, args) for kind in args.only}
+            results = [
+                measure(kind, workers, work, script, args)
+                for kind in args.only
+                for workers in ([0] if kind == "bare" else args.workers)
+            ]
     print(
         f"signed GitHub push deliveries ({len(PUSH)} bytes), wrk -t{args.threads}"
         f" -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs"
     )
-    print(f"{'target':<10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for figures in results.values():
+    print(f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for figures in results:
         print(
-            f"{figures.name:<10} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
+            f"{figures.name:<14} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
             f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8}"
         )
-    if "bare" in results:
-        for kind in ("memory", "jetstream"):
-            if kind in results:
-                ratio = results[kind].rate / results["bare"].rate
-                print(f"{kind} / bare: {ratio:.0%}")
+    bare = next((figures for figures in results if figures.name == "bare"), None)
+    if bare is not None:
+        for figures in results:
+            if figures is not bare:
+                print(f"{figures.name} / bare: {figures.rate / bare.rate:.0%}")
 
 
 if __name__ == "__main__":

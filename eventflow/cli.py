@@ -7,13 +7,14 @@ the same against a laptop and a cluster.
 
 from __future__ import annotations
 
-import gc
 import json
+import shutil
 import signal
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -25,6 +26,10 @@ from eventflow.logs import configure_logging
 from eventflow.resources.validation import ResourceSet, load_resources
 from eventflow.sensing.discovery import discover_plugins
 from eventflow.settings import Settings
+
+if TYPE_CHECKING:
+    from eventflow.service import Service
+    from eventflow.workers.supervising import IntakeWorkers
 
 app = typer.Typer(
     name="eventflow",
@@ -88,20 +93,28 @@ def serve(
     watch: Annotated[
         bool, typer.Option("--watch", help="reload the resources when their files change")
     ] = False,
+    intake_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=64, help="processes answering webhooks beside the engine's (default 0)"
+        ),
+    ] = None,
 ) -> None:
     """Run eventflow on the resources in PATHS until SIGTERM or Ctrl-C."""
     import structlog
     import uvicorn
 
     from eventflow.api.app import create_app
+    from eventflow.api.webhooks import tune_collector_for_intake
     from eventflow.sensing.secrets import INLINE_ALLOWED
     from eventflow.service import Service
 
     settings = Settings()
     overrides: dict[str, Any] = {}
-    if host is not None or port is not None:
+    api_overrides = {"host": host, "port": port, "intake_workers": intake_workers}
+    if any(value is not None for value in api_overrides.values()):
         overrides["api"] = settings.api.model_copy(
-            update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+            update={k: v for k, v in api_overrides.items() if v is not None}
         )
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -124,30 +137,54 @@ def serve(
         typer.echo(str(error), err=True)
         raise fail(f"{len(error.problems)} problem(s) in the resources; nothing started") from None
     service = Service(settings, paths, plugins)
-    config = uvicorn.Config(
-        create_app(service, sighup_reloads=True),
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        loop="asyncio",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-        ssl_certfile=settings.api.tls_cert_file,
-        ssl_keyfile=settings.api.tls_key_file,
-    )
-    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler
-    # that was there before it; a graceful stop is a success, so that handler does nothing.
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
-    # Each webhook's parsed body is hundreds of short-lived objects: at the default threshold
-    # (700) the collector ran so often, over a heap of imported modules, that its pauses made
-    # the p99 of webhook answers ~100 ms; 20,000 brought it to ~35 ms (bench/webhooks.py).
-    # Freezing moves what was loaded at start out of every later collection's way.
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    # A private directory (0700) for the sockets of the workers: a short path, as a Unix
+    # socket's must be, that nobody else can reach.
+    sockets = Path(tempfile.mkdtemp(prefix="eventflow-"))
     try:
-        uvicorn.Server(config).run()
+        workers, listen = _listening(service, sockets, dev=dev)
+        config = uvicorn.Config(
+            create_app(service, sighup_reloads=True, workers=workers),
+            **listen,
+            log_config=None,
+            access_log=False,
+            loop="asyncio",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        )
+        # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler
+        # that was there before it; a graceful stop is a success, so that handler does nothing.
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+        tune_collector_for_intake()
+        try:
+            uvicorn.Server(config).run()
+        except ConfigError as error:
+            raise fail(str(error)) from None
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _listening(
+    service: Service, sockets: Path, *, dev: bool
+) -> tuple[IntakeWorkers | None, dict[str, Any]]:
+    """The intake workers, if the settings ask for any, and where uvicorn listens: on the
+    API's address, or (workers holding that) on a Unix socket in `sockets` for them alone."""
+    from eventflow.workers.supervising import IntakeWorkers, bind_listener
+
+    api = service.settings.api
+    if not api.intake_workers:
+        tls = {"ssl_certfile": api.tls_cert_file, "ssl_keyfile": api.tls_key_file}
+        return None, {"host": api.host, "port": api.port, **tls}
+    try:
+        listener = bind_listener(api.host, api.port)
     except ConfigError as error:
         raise fail(str(error)) from None
+    workers = IntakeWorkers(
+        api.intake_workers,
+        listener,
+        directory=sockets,
+        service=service,
+        dev=dev,
+    )
+    return workers, {"uds": str(workers.api_socket)}
 
 
 def load_or_exit(paths: list[Path], registered: frozenset[str] = frozenset()) -> ResourceSet:

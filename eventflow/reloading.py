@@ -108,7 +108,7 @@ def path_problems(
     problems: list[Problem] = []
     ordered = sorted(entries.values(), key=lambda e: (e.origin != "api", e.file, e.line))
     for entry in ordered:
-        sensor = sensors[entry.name]
+        sensor = sensors.get(entry.name)
         if not isinstance(sensor, HttpSensor):
             continue
         holder = paths.get(sensor.path)
@@ -161,13 +161,24 @@ class RegisteredWebhooks(Protocol):
 
 
 class SensorSet:
-    """The running sensors by name, their tasks, and the map of webhook paths."""
+    """The running sensors by name, their tasks, and the map of webhook paths.
+
+    With `http_only` (an intake worker) it keeps only the sensors that answer HTTP: the ones
+    that pull from a source run in the main process alone, so no source is read twice.
+    `after_swap`, when set, runs after each change is in place (the main process has its
+    intake workers apply the change too)."""
 
     def __init__(
-        self, create: Callable[[SensorEntry], Sensor], emit_for: Callable[[str], Emit]
+        self,
+        create: Callable[[SensorEntry], Sensor],
+        emit_for: Callable[[str], Emit],
+        *,
+        http_only: bool = False,
     ) -> None:
         self._create = create
         self._emit_for = emit_for
+        self._http_only = http_only
+        self.after_swap: Callable[[], Awaitable[None]] | None = None
         self.entries: Mapping[str, SensorEntry] = {}
         self.sensors: Mapping[str, Sensor] = {}
         self._paths: Mapping[str, HttpSensor] = {}
@@ -183,10 +194,14 @@ class SensorSet:
         Nothing runs yet: a refused change leaves nothing behind.
         """
         changes = plan_changes(self.entries, entries)
-        kept = {name: self.sensors[name] for name in changes.kept}
+        kept = {name: self.sensors[name] for name in changes.kept if name in self.sensors}
         created = {name: self._create(entries[name]) for name in changes.started}
         merged: dict[str, Sensor] = {**kept, **created}
-        sensors = {name: merged[name] for name in sorted(entries)}
+        sensors = {
+            name: merged[name]
+            for name in sorted(entries)
+            if not self._http_only or isinstance(merged[name], HttpSensor)
+        }
         paths, problems = path_problems(entries, sensors)
         if problems:
             raise ResourceError(sorted(problems, key=lambda p: (p.file, p.line)))
@@ -199,11 +214,13 @@ class SensorSet:
             prepared.sensors,
             prepared.paths,
         )
-        if not self._running:
-            return
-        await self._stop_tasks(prepared.changes.stopped)
-        for name in prepared.changes.started:
-            self._start_task(name)
+        if self._running:
+            await self._stop_tasks(prepared.changes.stopped)
+            for name in prepared.changes.started:
+                if name in self.sensors:
+                    self._start_task(name)
+        if self.after_swap is not None:
+            await self.after_swap()
 
     def start(self) -> None:
         """Run every sensor; from now on a swap starts and stops them too."""

@@ -55,6 +55,13 @@ class ApiSettings(BaseModel):
     max_concurrent_requests: int = Field(
         default=1000, ge=1, description="webhook requests in progress at once; more get 503"
     )
+    intake_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="processes that answer webhooks beside the one running the engine (the"
+        " REST API is passed on to it); 0: one process does all. About one per spare core",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -33,7 +33,13 @@ class Delivery(Protocol):
     async def nak(self, delay: float = 0.0) -> None: ...
 
 
-class EventBus(Protocol):
+class Publisher(Protocol):
+    """What intake needs of a bus: an intake worker's channel to the main process is one."""
+
+    async def publish(self, event: ReceivedEvent) -> None: ...
+
+
+class EventBus(Publisher, Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -42,8 +48,6 @@ class EventBus(Protocol):
     def connected(self) -> bool:
         """Whether the bus is started and reaches its broker now (for /readyz)."""
         ...
-
-    async def publish(self, event: ReceivedEvent) -> None: ...
 
     def subscribe(self, group: str) -> AsyncIterator[Delivery]: ...
 

@@ -14,14 +14,14 @@ from datetime import datetime
 
 import structlog
 
-from eventflow.bus.protocol import EventBus
+from eventflow.bus.protocol import Publisher
 from eventflow.events import Event, ReceivedEvent
 from eventflow.sensing.protocol import Emit
 
 log = structlog.get_logger()
 
 
-def make_emit(sensor_name: str, bus: EventBus, clock: Callable[[], datetime]) -> Emit:
+def make_emit(sensor_name: str, bus: Publisher, clock: Callable[[], datetime]) -> Emit:
     """The `emit` for sensor `sensor_name`: stamp with `clock()`, publish on `bus`."""
 
     async def emit(event: Event) -> ReceivedEvent:

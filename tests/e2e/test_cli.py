@@ -32,7 +32,12 @@ def cli(*args: str, server: str | None = None) -> subprocess.CompletedProcess[st
 
 class ServerProcess:
     def __init__(
-        self, resources: Path, data_dir: Path, port: int, options: tuple[str, ...] = ()
+        self,
+        resources: Path,
+        data_dir: Path,
+        port: int,
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = data_dir.parent / f"server-{port}.log"
@@ -44,7 +49,7 @@ class ServerProcess:
             ],
             stdout=subprocess.DEVNULL,
             stderr=self.log_file,
-            env={**os.environ, "EVENTFLOW_SHUTDOWN_GRACE_SECONDS": "1"},
+            env={**os.environ, "EVENTFLOW_SHUTDOWN_GRACE_SECONDS": "1", **(env or {})},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -162,9 +167,17 @@ def test_explain_says_which_trigger_matches_and_why_others_do_not():
     ]
 
 
-def test_walkthrough_webhook_to_finished_run(start_server, tmp_path):
+# With intake workers, the webhooks are answered by other processes and every other request
+# passes through them to the main process: the same walkthrough must read the same.
+WORKERS = pytest.mark.parametrize(
+    "workers", [(), ("--intake-workers", "2")], ids=["one-process", "intake-workers"]
+)
+
+
+@WORKERS
+def test_walkthrough_webhook_to_finished_run(start_server, tmp_path, workers):
     """The README walkthrough: POST a webhook, list and inspect the run, read a step's log."""
-    server = start_server()
+    server = start_server(EXAMPLES, None, *workers)
     response = httpx.post(
         f"{server.url}/webhooks/uploads",
         content=(EXAMPLES / "upload.json").read_bytes(),
@@ -227,7 +240,8 @@ def test_cli_against_no_server_says_what_to_do():
     assert result.stderr.endswith("is `eventflow serve` running?\n")
 
 
-def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path):
+@WORKERS
+def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path, workers):
     """After kill -9 during a step, the restarted server marks the attempt interrupted and retries."""
     resources = tmp_path / "resources"
     resources.mkdir()
@@ -258,7 +272,7 @@ def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path):
         )
     )
     data = tmp_path / "data"
-    server = start_server(resources, data)
+    server = start_server(resources, data, *workers)
     httpx.post(f"{server.url}/webhooks/hook", json={})
     run_id = server.first_run()["id"]
     deadline = time.monotonic() + 20
@@ -267,14 +281,17 @@ def test_kill_mid_run_then_restart_reconciles_the_run(start_server, tmp_path):
         time.sleep(0.05)
     server.stop(signal.SIGKILL)
 
-    restarted = start_server(resources, data)
+    restarted = start_server(resources, data, *workers)
     run = restarted.run(run_id, {"Succeeded", "Failed"})
     assert run["state"] == "Succeeded"
     assert run["steps"][0]["attempt"] == 2
     assert restarted.stop() == 0
 
 
-def test_serve_watch_applies_an_edited_file_and_refuses_a_broken_one(start_server, tmp_path):
+@WORKERS
+def test_serve_watch_applies_an_edited_file_and_refuses_a_broken_one(
+    start_server, tmp_path, workers
+):
     """`serve --watch`: a new sensor in the file answers without a reload call; a typo is
     logged with its file:line and the running endpoints keep answering."""
     resources = tmp_path / "resources.yaml"
@@ -288,7 +305,7 @@ def test_serve_watch_applies_an_edited_file_and_refuses_a_broken_one(start_serve
         """
     )
     resources.write_text(document.format(name="a", path="a"))
-    server = start_server(resources, None, "--watch")
+    server = start_server(resources, None, "--watch", *workers)
 
     def status(path: str) -> int:
         return httpx.post(f"{server.url}/webhooks/{path}", json={}).status_code

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from eventflow.events import ReceivedEvent
 from eventflow.sensing.protocol import SensorState, SpaceWrite
 from eventflow.sensing.state import MemorySensorState
 from eventflow.store.sql import SqlStore
+from eventflow.workers.channel import MainEnd, WorkerEnd
+from eventflow.workers.store import ChannelSensorState, serve_store
 from tests.integration.conftest import empty_database
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -29,19 +34,53 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "intake-worker"])
 async def state(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    clock: Clock,
 ) -> AsyncIterator[SensorState]:
     if request.param == "memory":
         yield MemorySensorState(clock)
         return
-    async with empty_database(request.param, tmp_path) as url:
+    database = "sqlite" if request.param == "intake-worker" else request.param
+    async with empty_database(database, tmp_path) as url:
         store = await SqlStore.open(url)
         try:
-            yield store.sensor_state("uploads", clock)
+            if request.param == "intake-worker":
+                async with through_the_main_process(store, clock, tmp_path_factory) as state:
+                    yield state
+            else:
+                yield store.sensor_state("uploads", clock)
         finally:
             await store.close()
+
+
+@contextlib.asynccontextmanager
+async def through_the_main_process(
+    store: SqlStore, clock: Clock, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SensorState]:
+    """An intake worker's state: every call sent over the channel to the store's state."""
+
+    async def refuse(_: ReceivedEvent) -> None:
+        raise AssertionError("nothing is published here")
+
+    # A Unix socket's path must be short: pytest's tmp_path may be too long.
+    path = tmp_path_factory.mktemp("st") / "c.sock"
+    main = MainEnd(
+        path,
+        refuse,
+        serve_store(lambda name: store.sensor_state(name, clock), lambda: store.webhooks),
+    )
+    await main.start()
+    worker = WorkerEnd(path, reload=lambda: asyncio.sleep(0, []))
+    await worker.connect()
+    try:
+        yield ChannelSensorState("uploads", worker.ask_store)
+    finally:
+        await worker.close()
+        await main.close()
 
 
 async def test_put_then_get_returns_the_value_and_a_missing_key_none(state: SensorState) -> None:

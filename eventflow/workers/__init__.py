@@ -1,0 +1,1 @@
+"""Intake workers: processes that answer webhooks beside the main eventflow process."""

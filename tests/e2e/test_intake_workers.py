@@ -1,0 +1,366 @@
+"""`eventflow serve --intake-workers N` as a user runs it: N processes answer the webhooks on
+the listener, the main process runs the engine and answers the REST API through them.
+
+What must hold: a change of the sensors (a webhook registered, removed) is served by every
+worker once the API answered; a worker that dies is replaced while the others keep answering;
+the workers never outlive the main process; a SIGTERM answers the deliveries in flight before
+everything stops; bad deliveries store nothing; on NATS the workers publish to JetStream
+themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.brokers import own_nats, running
+from tests.conftest import free_port
+from tests.e2e.test_cli import ServerProcess, cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+SECRET = "intake-workers-secret"
+GITHUB_SENSOR = textwrap.dedent(
+    """\
+    apiVersion: eventflow.io/v1alpha1
+    kind: Sensor
+    metadata: {name: github}
+    spec:
+      webhook:
+        path: github
+        auth: {preset: github, secrets: [{env: WORKERS_GITHUB_SECRET}]}
+        event:
+          type: "com.github.{{ headers['x-github-event'] }}"
+          source: https://github.com
+          id: "{{ headers['x-github-delivery'] }}"
+    """
+)
+PUSH = (Path(__file__).parents[1] / "fixtures" / "github" / "push--payload.json").read_bytes()
+
+
+def signed(body: bytes, delivery: str) -> dict[str, str]:
+    signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "content-type": "application/json",
+        "x-github-event": "push",
+        "x-github-delivery": delivery,
+        "x-hub-signature-256": f"sha256={signature}",
+    }
+
+
+def workers_of(server: ServerProcess) -> set[int]:
+    """The pids of the main process's running intake workers."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    pids = {int(pid) for pid in children.read_text().split()}
+    return {pid for pid in pids if b"eventflow.workers.worker" in _cmdline(pid)}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def stored(server: ServerProcess, *ids: str) -> bool:
+    """Whether the main process stored an event with each of `ids`."""
+    return all(
+        httpx.get(f"{server.url}/api/v1/events/{event_id}").status_code == 200 for event_id in ids
+    )
+
+
+def fresh_post(url: str, **kwargs: Any) -> httpx.Response:
+    """One request on a new connection: each may be accepted by another worker."""
+    with httpx.Client(headers={"connection": "close"}) as client:
+        return client.post(url, **kwargs)
+
+
+def read_response(connection: socket.socket) -> str:
+    """One HTTP/1.1 response with a content-length, read whole."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += connection.recv(65536)
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += connection.recv(65536)
+    return (head + b"\r\n\r\n" + body).decode()
+
+
+@pytest.fixture
+def resources(tmp_path: Path) -> Path:
+    path = tmp_path / "resources.yaml"
+    path.write_text(GITHUB_SENSOR)
+    return path
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start_server(
+        resources: Path, *options: str, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        server = ServerProcess(
+            resources,
+            tmp_path / "data",
+            free_port(),
+            ("--intake-workers", "2", *options),
+            env={"WORKERS_GITHUB_SECRET": SECRET, **(env or {})},
+        )
+        started.append(server)
+        return server
+
+    yield start_server
+    for server in started:
+        pids = workers_of(server) if server.process.poll() is None else set()
+        if server.process.poll() is None:
+            server.stop(signal.SIGKILL)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_deliveries_are_answered_by_every_worker_and_stored_once(start, resources):
+    """Signed pushes on fresh connections: each 202 with its id, both workers took some, every
+    event stored by the main process; a redelivery on another connection is a duplicate."""
+    server = start(resources)
+    ids = [f"d-{uuid.uuid4()}" for _ in range(30)]
+    for delivery in ids:
+        response = fresh_post(
+            f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery)
+        )
+        assert (response.status_code, response.json()) == (202, {"id": delivery})
+    eventually(lambda: stored(server, *ids), "every event stored")
+    log = server.log.read_text()
+    assert "intake_worker=0" in log
+    assert "intake_worker=1" in log
+    again = fresh_post(f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, ids[0]))
+    assert (again.status_code, again.json()) == (200, {"id": ids[0], "duplicate": True})
+    assert server.stop() == 0
+
+
+def test_bad_signature_is_refused_by_a_worker_and_nothing_is_stored(start, resources):
+    server = start(resources)
+    headers = signed(PUSH, "bad-1") | {"x-hub-signature-256": "sha256=" + "0" * 64}
+    refused = fresh_post(f"{server.url}/webhooks/github", content=PUSH, headers=headers)
+    assert (refused.status_code, refused.json()) == (401, {"error": "signature does not match"})
+    unknown = fresh_post(f"{server.url}/webhooks/nowhere", json={})
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {"error": "no webhook sensor at /webhooks/nowhere"},
+    )
+    good = fresh_post(f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, "ok-1"))
+    assert good.status_code == 202
+    eventually(lambda: stored(server, "ok-1"), "the good delivery stored")
+    assert httpx.get(f"{server.url}/api/v1/events/bad-1").status_code == 404
+    assert server.stop() == 0
+
+
+def test_a_registered_webhook_is_served_by_every_worker_once_answered(start, resources):
+    """201 from the API means every worker serves the new path; after the DELETE's 200 none
+    does. The REST calls themselves went through a worker to the main process."""
+    server = start(resources)
+    spec = {"path": "later", "event": {"type": "com.example.later", "source": "/later"}}
+    created = httpx.post(f"{server.url}/api/v1/webhooks", json={"name": "later", **spec})
+    assert created.status_code == 201, created.text
+    statuses = {fresh_post(f"{server.url}/webhooks/later", json={}).status_code for _ in range(20)}
+    assert statuses == {202}
+    removed = httpx.delete(f"{server.url}/api/v1/webhooks/later")
+    assert removed.status_code == 200, removed.text
+    statuses = {fresh_post(f"{server.url}/webhooks/later", json={}).status_code for _ in range(20)}
+    assert statuses == {404}
+    assert server.stop() == 0
+
+
+def test_sighup_reloads_the_workers_too(start, resources):
+    server = start(resources)
+    resources.write_text(
+        GITHUB_SENSOR
+        + "---\n"
+        + textwrap.dedent(
+            """\
+            apiVersion: eventflow.io/v1alpha1
+            kind: Sensor
+            metadata: {name: added}
+            spec: {webhook: {path: added}}
+            """
+        )
+    )
+    server.process.send_signal(signal.SIGHUP)
+    eventually(
+        lambda: fresh_post(f"{server.url}/webhooks/added", json={}).status_code == 202,
+        "the added sensor answers",
+    )
+    statuses = {fresh_post(f"{server.url}/webhooks/added", json={}).status_code for _ in range(20)}
+    assert statuses == {202}
+    assert server.stop() == 0
+
+
+def test_a_killed_worker_is_replaced_while_the_other_answers(start, resources):
+    server = start(resources)
+    eventually(lambda: len(workers_of(server)) == 2, "two workers")
+    victim = min(workers_of(server))
+    os.kill(victim, signal.SIGKILL)
+    # The listener stays open in the other worker: no delivery is refused meanwhile.
+    for number in range(20):
+        delivery = f"k-{number}"
+        response = fresh_post(
+            f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery)
+        )
+        assert response.status_code == 202, response.text
+    eventually(
+        lambda: len(workers_of(server)) == 2 and victim not in workers_of(server),
+        "a new worker in the dead one's place",
+    )
+    assert "intake worker exited; starting another" in server.log.read_text()
+    assert server.stop() == 0
+
+
+def test_workers_stop_when_the_main_process_dies(start, resources):
+    """kill -9 of the main process: its workers notice and stop, the port is free again."""
+    server = start(resources)
+    eventually(lambda: len(workers_of(server)) == 2, "two workers")
+    pids = workers_of(server)
+    server.stop(signal.SIGKILL)
+    eventually(lambda: not any(alive(pid) for pid in pids), "the workers gone", timeout=40)
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sigterm_answers_the_delivery_in_flight_then_stops_everything(start, resources, tmp_path):
+    """A delivery half sent when SIGTERM arrives is still answered 202 and kept; then the main
+    process exits 0 and takes its workers with it."""
+    server = start(resources)
+    pids = workers_of(server)
+    port = int(server.url.rsplit(":", 1)[1])
+    headers = signed(PUSH, "in-flight")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = (
+        f"POST /webhooks/github HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(PUSH)}\r\n"
+        f"{head}\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sender:
+        sender.sendall(request + PUSH[:100])
+        time.sleep(0.5)  # the worker is reading the body now
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        sender.sendall(PUSH[100:])
+        answer = read_response(sender)
+    assert answer.startswith("HTTP/1.1 202 "), answer
+    assert json.loads(answer.split("\r\n\r\n", 1)[1]) == {"id": "in-flight"}
+    assert server.process.wait(timeout=60) == 0
+    server.log_file.close()
+    assert not any(alive(pid) for pid in pids)
+    again = start(resources)
+    eventually(lambda: stored(again, "in-flight"), "the in-flight event kept")
+    assert again.stop() == 0
+
+
+def test_the_rest_api_keeps_its_tokens_through_the_workers(start, resources, tmp_path):
+    """Requests passed to the main process are checked there: no token 401, a token 200,
+    webhooks stay outside the tokens; a step's log streams back through the worker."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-reader-writer\n")
+    tokens = [{"name": "ops", "scopes": ["read", "write"], "secret": {"file": str(token)}}]
+    flow = textwrap.dedent(
+        """\
+        ---
+        apiVersion: eventflow.io/v1alpha1
+        kind: Trigger
+        metadata: {name: on-push}
+        spec:
+          events: {push: {sensor: github, type: com.github.push}}
+          workflow: say
+        ---
+        apiVersion: eventflow.io/v1alpha1
+        kind: WorkflowTemplate
+        metadata: {name: say}
+        spec:
+          steps:
+            - name: hello
+              command: [python3, -c, "print('hello from the step')"]
+        """
+    )
+    resources.write_text(GITHUB_SENSOR + flow)
+    server = start(resources, env={"EVENTFLOW_API__TOKENS": json.dumps(tokens)})
+    bearer = {"authorization": "Bearer s3cret-reader-writer"}
+    assert httpx.get(f"{server.url}/api/v1/runs").status_code == 401
+    delivered = fresh_post(
+        f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, "logged")
+    )
+    assert delivered.status_code == 202
+
+    def finished() -> bool:
+        runs = httpx.get(f"{server.url}/api/v1/runs", headers=bearer).json()["runs"]
+        return bool(runs) and runs[0]["state"] == "Succeeded"
+
+    eventually(finished, "the run finished")
+    [run] = httpx.get(f"{server.url}/api/v1/runs", headers=bearer).json()["runs"]
+    logs = cli(
+        "runs",
+        "logs",
+        run["id"],
+        "hello",
+        "--follow",
+        "--token",
+        "s3cret-reader-writer",
+        server=server.url,
+    )
+    assert (logs.returncode, logs.stdout) == (0, "hello from the step\n"), logs.stderr
+    assert server.stop() == 0
+
+
+def test_workers_publish_to_jetstream_themselves(start, resources, tmp_path):
+    """On NATS each worker has its own connection to JetStream: deliveries are stored by the
+    main process's engine, which reads them from the stream; the bus being down is a 503."""
+    with running(own_nats(free_port(), tmp_path / "js")) as nats:
+        env = {"EVENTFLOW_BUS__URL": f"nats://127.0.0.1:{nats.port}"}
+        server = start(resources, env=env)
+        ids = [f"js-{number}" for number in range(10)]
+        for delivery in ids:
+            response = fresh_post(
+                f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery)
+            )
+            assert (response.status_code, response.json()) == (202, {"id": delivery})
+        eventually(lambda: stored(server, *ids), "every event stored through JetStream")
+        nats.kill()
+        refused = fresh_post(
+            f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, "js-down")
+        )
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"]
+        assert server.stop() == 0
