@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from eventflow.events import Event, ReceivedEvent
+from eventflow.sensing.limiting import ProcessRateLimits, RateLimits
 
 Emit = Callable[[Event], Awaitable[ReceivedEvent]]
 """Stamp the event with the sensor's name and publish it; returns once the bus holds it."""
@@ -124,6 +125,8 @@ class SensorContext:
 
     state: SensorState  # this sensor's own, by its name
     clock: Callable[[], datetime]  # aware UTC now
+    # where its rate limit's tokens come from (shared by the processes answering its requests)
+    rate_limits: RateLimits = field(default_factory=ProcessRateLimits)
 
 
 @runtime_checkable

@@ -1,5 +1,5 @@
-"""What a worker keeps in the main process's store, through the channel: its sensors' state,
-and the list of registered webhooks it reads at each (re)load.
+"""What a worker keeps in the main process, through the channel: its sensors' state and rate
+limits, and the list of registered webhooks it reads at each (re)load.
 
 A webhook's redelivery ledger must be one for all the processes that answer its deliveries,
 and must outlive them: it is the store's. The workers do not open the store themselves: on
@@ -7,12 +7,15 @@ SQLite two processes writing one file wait for each other's locks in the databas
 handler, sleeping milliseconds at a time. So `ChannelSensorState` sends each of the four
 calls everything else is built on (`read_spaces`, `write_spaces`, `scan`, `purge_expired`)
 to the main process, whose store runs it like any sensor's call, and `ChannelWebhooks` asks
-it for the registered webhooks; `serve_store` is the main process's end.
+it for the registered webhooks. `ChannelRateLimits` takes a sensor's tokens from the main
+process's bucket, one for all the workers answering that sensor. `serve_store` is the main
+process's end.
 
 A request is JSON: `{"sensor", "op": "read", "keys": {space: [key]}}`, `{"sensor", "op":
 "write", "writes": [{"space", "put", "expires_at", "delete"}]}`, `{"sensor", "op": "scan",
 "space", "prefix", "after", "limit"}`, `{"sensor", "op": "purge", "now"}`, `{"op":
-"webhooks"}`; times are RFC 3339.
+"webhooks"}`, `{"op": "limit", "key", "per_second", "burst", "now"}`; times are RFC 3339,
+but a limit's `now` is seconds, as the buckets count them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import orjson
 from eventflow.errors import TemporaryError
 from eventflow.events import format_time, parse_time
 from eventflow.reloading import RegisteredWebhooks
+from eventflow.sensing.limiting import RateLimits
 from eventflow.sensing.protocol import SensorState, SpaceWrite
 from eventflow.sensing.state import SpacesState, check_scan_limit, check_space
 from eventflow.store.webhooks import RegisteredWebhook
@@ -67,6 +71,25 @@ class ChannelWebhooks:
             )
             for item in listed
         ]
+
+
+class ChannelRateLimits:
+    """Tokens from the main process's buckets."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    async def take(self, key: str, per_second: float, burst: int, now: float) -> float:
+        wait: float = await _ask(
+            self._request,
+            "rate limit",
+            op="limit",
+            key=key,
+            per_second=per_second,
+            burst=burst,
+            now=now,
+        )
+        return wait
 
 
 class ChannelSensorState(SpacesState):
@@ -117,14 +140,21 @@ class ChannelSensorState(SpacesState):
 
 
 def serve_store(
-    state_of: Callable[[str], SensorState], registered: Callable[[], RegisteredWebhooks]
+    state_of: Callable[[str], SensorState],
+    registered: Callable[[], RegisteredWebhooks],
+    limits: RateLimits,
 ) -> Serve:
-    """The main process's end: run a worker's request on the store's state of its sensor, or
-    list the registered webhooks."""
+    """The main process's end: run a worker's request on the store's state of its sensor, list
+    the registered webhooks, or take a token from `limits`."""
 
     async def serve(payload: bytes) -> bytes:
         request = orjson.loads(payload)
         op = request["op"]
+        if op == "limit":
+            wait = await limits.take(
+                request["key"], request["per_second"], request["burst"], request["now"]
+            )
+            return orjson.dumps(wait)
         if op == "webhooks":
             return orjson.dumps(
                 [

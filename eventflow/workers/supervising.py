@@ -26,6 +26,7 @@ import structlog
 
 from eventflow.bus.connecting import backoff_delays
 from eventflow.errors import ConfigError
+from eventflow.sensing.limiting import ProcessRateLimits
 from eventflow.sensing.protocol import SensorState
 from eventflow.service import Service, utc_now
 from eventflow.workers.channel import MainEnd
@@ -85,7 +86,7 @@ class IntakeWorkers:
         self._channel = MainEnd(
             directory / "channel.sock",
             service.publish_for_worker,
-            serve_store(state_of, lambda: service.store.webhooks),
+            serve_store(state_of, lambda: service.store.webhooks, ProcessRateLimits()),
         )
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []

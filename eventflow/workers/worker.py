@@ -46,7 +46,7 @@ from eventflow.service import open_bus
 from eventflow.settings import Settings
 from eventflow.workers.channel import WorkerEnd
 from eventflow.workers.proxy import MainProcessProxy
-from eventflow.workers.store import ChannelSensorState, ChannelWebhooks
+from eventflow.workers.store import ChannelRateLimits, ChannelSensorState, ChannelWebhooks
 
 log = structlog.get_logger()
 
@@ -70,6 +70,7 @@ class IntakeWorker:
         self._paths = resource_paths
         self._plugins = plugins
         self._main = WorkerEnd(channel, self._reload)
+        self._rate_limits = ChannelRateLimits(self._main.ask_store)
         self._bus: EventBus | None = None
         self._connecting: asyncio.Task[None] | None = None
 
@@ -117,8 +118,11 @@ class IntakeWorker:
         await self._main.close()
 
     def _create_sensor(self, entry: SensorEntry) -> Sensor:
-        state = ChannelSensorState(entry.name, self._main.ask_store)
-        context = SensorContext(state=state, clock=utc_now)
+        context = SensorContext(
+            state=ChannelSensorState(entry.name, self._main.ask_store),
+            clock=utc_now,
+            rate_limits=self._rate_limits,
+        )
         return self._plugins[entry.kind].create(entry.name, entry.config, context)
 
     async def _reload(self) -> list[str]:

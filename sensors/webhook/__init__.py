@@ -29,7 +29,9 @@ class WebhookPlugin:
                 f"sensor {name}: the webhook plugin takes a WebhookConfig,"
                 f" got {type(config).__name__}; validate spec.webhook with plugin.config_model"
             )
-        return WebhookSensor(name, config, clock=context.clock, state=context.state)
+        return WebhookSensor(
+            name, config, clock=context.clock, state=context.state, rate_limits=context.rate_limits
+        )
 
 
 plugin = WebhookPlugin()

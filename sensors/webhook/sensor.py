@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import structlog
 
 from eventflow.errors import BusUnavailableError
+from eventflow.sensing.limiting import ProcessRateLimits, RateLimits, retry_after
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest, SensorState
 from eventflow.sensing.secrets import REFRESH_SECONDS, SecretCache, SecretRead
 from eventflow.sensing.state import MemorySensorState
@@ -36,7 +37,6 @@ from sensors.webhook.auth import (
 from sensors.webhook.config import AuthConfig, WebhookConfig
 from sensors.webhook.deduplicating import DeliveryLedger
 from sensors.webhook.headers import without_secrets
-from sensors.webhook.limiting import TokenBucket, retry_after
 from sensors.webhook.normalizing import Delivery, RequestError, deliveries, is_batch
 
 log = structlog.get_logger()
@@ -87,6 +87,7 @@ class WebhookSensor:
         config: WebhookConfig,
         clock: Callable[[], datetime] = _utc_now,
         state: SensorState | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -97,12 +98,7 @@ class WebhookSensor:
         self._ledger = DeliveryLedger(
             name, MemorySensorState(clock) if state is None else state, config.dedupe.window
         )
-        limit = config.rateLimit
-        self._bucket = (
-            None
-            if limit is None
-            else TokenBucket(limit.perSecond, limit.bucket_size, clock().timestamp())
-        )
+        self._rate_limits = ProcessRateLimits() if rate_limits is None else rate_limits
 
     @property
     def path(self) -> str:
@@ -141,7 +137,7 @@ class WebhookSensor:
         now = self._clock()
         # The listener lower-cases names already; a test or the test kit may not.
         lowered = {name.lower(): value for name, value in request.headers.items()}
-        refusal = self._authenticate(lowered, request.body, now) or self._limit(now)
+        refusal = self._authenticate(lowered, request.body, now) or await self._limit(now)
         if refusal is not None:
             return refusal
         # A template or a binary-mode ce-* header must not copy a credential into the event.
@@ -193,17 +189,20 @@ class WebhookSensor:
         self._ledger.record(published, now)
         return _accepted(ids, duplicates, batch=batch)
 
-    def _limit(self, now: datetime) -> HttpReply | None:
+    async def _limit(self, now: datetime) -> HttpReply | None:
         """None when the rate limit lets the delivery through; otherwise the 429 to answer."""
-        if self._bucket is None:
+        limit = self.config.rateLimit
+        if limit is None:
             return None
-        wait = self._bucket.take(now.timestamp())
+        wait = await self._rate_limits.take(
+            self.name, limit.perSecond, limit.bucket_size, now.timestamp()
+        )
         if wait <= 0:
             return None
         return self._reject(
             429,
-            f"more than {self._bucket.per_second:g} deliveries per second (burst"
-            f" {self._bucket.burst}) on /webhooks/{self.path}; send again after the Retry-After"
+            f"more than {limit.perSecond:g} deliveries per second (burst"
+            f" {limit.bucket_size}) on /webhooks/{self.path}; send again after the Retry-After"
             " seconds",
             headers={"Retry-After": retry_after(wait)},
         )

@@ -364,3 +364,43 @@ def test_workers_publish_to_jetstream_themselves(start, resources, tmp_path):
         assert refused.status_code == 503
         assert refused.headers["retry-after"]
         assert server.stop() == 0
+
+
+def test_a_rate_limit_is_one_bucket_for_all_the_workers(start, tmp_path):
+    """Burst 4 at 0.01/s: of 12 deliveries spread over both workers, 4 are taken and 8 are
+    429 with Retry-After, and only the 4 are stored."""
+    resources = tmp_path / "limited.yaml"
+    resources.write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: eventflow.io/v1alpha1
+            kind: Sensor
+            metadata: {name: limited}
+            spec:
+              webhook:
+                path: limited
+                rateLimit: {perSecond: 0.01, burst: 4}
+                event: {type: t, source: /s, id: "{{ body.n }}"}
+            """
+        )
+    )
+    server = start(resources)
+    answers = [
+        fresh_post(f"{server.url}/webhooks/limited", json={"n": f"r-{number}"})
+        for number in range(12)
+    ]
+    assert sorted(answer.status_code for answer in answers) == [202] * 4 + [429] * 8
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.json() == {
+        "error": "more than 0.01 deliveries per second (burst 4) on /webhooks/limited; send"
+        " again after the Retry-After seconds"
+    }
+    assert int(refused.headers["retry-after"]) >= 1
+    taken = [answer.json()["id"] for answer in answers if answer.status_code == 202]
+    eventually(lambda: stored(server, *taken), "the taken deliveries stored")
+    turned_away = [f"r-{n}" for n in range(12) if f"r-{n}" not in taken]
+    assert not any(stored(server, event_id) for event_id in turned_away)
+    log = server.log.read_text()
+    assert "intake_worker=0" in log
+    assert "intake_worker=1" in log
+    assert server.stop() == 0

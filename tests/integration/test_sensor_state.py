@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventflow.events import ReceivedEvent
+from eventflow.sensing.limiting import ProcessRateLimits
 from eventflow.sensing.protocol import SensorState, SpaceWrite
 from eventflow.sensing.state import MemorySensorState
 from eventflow.store.sql import SqlStore
@@ -71,7 +72,11 @@ async def through_the_main_process(
     main = MainEnd(
         path,
         refuse,
-        serve_store(lambda name: store.sensor_state(name, clock), lambda: store.webhooks),
+        serve_store(
+            lambda name: store.sensor_state(name, clock),
+            lambda: store.webhooks,
+            ProcessRateLimits(),
+        ),
     )
     await main.start()
     worker = WorkerEnd(path, reload=lambda: asyncio.sleep(0, []))

@@ -14,6 +14,7 @@ import pytest
 
 from eventflow.errors import BusUnavailableError, TemporaryError
 from eventflow.events import Event, ReceivedEvent
+from eventflow.sensing.limiting import ProcessRateLimits
 from eventflow.store.sql import SqlStore
 from eventflow.workers.channel import MainEnd, WorkerEnd
 from eventflow.workers.store import ChannelSensorState, ChannelWebhooks, serve_store
@@ -197,7 +198,11 @@ async def test_registered_webhooks_are_listed_through_the_channel(socket_path, t
     main = MainEnd(
         socket_path,
         Bus().publish,
-        serve_store(lambda name: store.sensor_state(name, lambda: now), lambda: store.webhooks),
+        serve_store(
+            lambda name: store.sensor_state(name, lambda: now),
+            lambda: store.webhooks,
+            ProcessRateLimits(),
+        ),
     )
     await main.start()
     worker = await connected(socket_path)

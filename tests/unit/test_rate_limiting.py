@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventflow.sensing.limiting import ProcessRateLimits, TokenBucket, retry_after
 from sensors.webhook.config import RateLimitConfig
-from sensors.webhook.limiting import TokenBucket, retry_after
 
 
 def test_a_full_bucket_grants_burst_deliveries_then_says_how_long_to_wait() -> None:
@@ -78,3 +78,12 @@ def test_burst_defaults_to_the_rate_rounded_up() -> None:
     assert RateLimitConfig.model_validate({"perSecond": 2.5}).bucket_size == 3
     assert RateLimitConfig.model_validate({"perSecond": 0.2}).bucket_size == 1
     assert RateLimitConfig.model_validate({"perSecond": 2.5, "burst": 10}).bucket_size == 10
+
+
+async def test_process_rate_limits_keep_one_bucket_per_key_until_its_rate_changes():
+    """Two keys draw from two buckets; a key whose rate changed starts again full."""
+    limits = ProcessRateLimits()
+    assert [await limits.take("a", 1.0, 2, 0.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+    assert await limits.take("b", 1.0, 2, 0.0) == 0.0
+    assert await limits.take("a", 1.0, 2, 0.5) == 0.5
+    assert [await limits.take("a", 2.0, 1, 0.5) for _ in range(2)] == [0.0, 0.5]
