@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +23,17 @@ from eventflow.settings import ApiSettings, Settings
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "quickstart"
 FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def github_signed(secret: str, delivery: str, body: bytes) -> dict[str, str]:
+    """The headers GitHub sends with a push: its event, delivery id and HMAC signature."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "content-type": "application/json",
+        "x-github-event": "push",
+        "x-github-delivery": delivery,
+        "x-hub-signature-256": f"sha256={digest}",
+    }
 
 
 def free_port() -> int:

@@ -10,8 +10,6 @@ themselves.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -27,7 +25,7 @@ import httpx
 import pytest
 
 from tests.brokers import own_nats, running
-from tests.conftest import free_port
+from tests.conftest import FIXTURES, free_port, github_signed
 from tests.e2e.test_cli import ServerProcess, cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -48,17 +46,16 @@ GITHUB_SENSOR = textwrap.dedent(
           id: "{{ headers['x-github-delivery'] }}"
     """
 )
-PUSH = (Path(__file__).parents[1] / "fixtures" / "github" / "push--payload.json").read_bytes()
+PUSH = (FIXTURES / "github" / "push--payload.json").read_bytes()
 
 
 def signed(body: bytes, delivery: str) -> dict[str, str]:
-    signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return {
-        "content-type": "application/json",
-        "x-github-event": "push",
-        "x-github-delivery": delivery,
-        "x-hub-signature-256": f"sha256={signature}",
-    }
+    return github_signed(SECRET, delivery, body)
+
+
+def deliver(server: ServerProcess, delivery: str) -> httpx.Response:
+    """A signed push on a connection of its own."""
+    return fresh_post(f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery))
 
 
 def workers_of(server: ServerProcess) -> set[int]:
@@ -159,15 +156,13 @@ def test_deliveries_are_answered_by_every_worker_and_stored_once(start, resource
     server = start(resources)
     ids = [f"d-{uuid.uuid4()}" for _ in range(30)]
     for delivery in ids:
-        response = fresh_post(
-            f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery)
-        )
+        response = deliver(server, delivery)
         assert (response.status_code, response.json()) == (202, {"id": delivery})
     eventually(lambda: stored(server, *ids), "every event stored")
     log = server.log.read_text()
     assert "intake_worker=0" in log
     assert "intake_worker=1" in log
-    again = fresh_post(f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, ids[0]))
+    again = deliver(server, ids[0])
     assert (again.status_code, again.json()) == (200, {"id": ids[0], "duplicate": True})
     assert server.stop() == 0
 
@@ -182,7 +177,7 @@ def test_bad_signature_is_refused_by_a_worker_and_nothing_is_stored(start, resou
         404,
         {"error": "no webhook sensor at /webhooks/nowhere"},
     )
-    good = fresh_post(f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, "ok-1"))
+    good = deliver(server, "ok-1")
     assert good.status_code == 202
     eventually(lambda: stored(server, "ok-1"), "the good delivery stored")
     assert httpx.get(f"{server.url}/api/v1/events/bad-1").status_code == 404
@@ -237,9 +232,7 @@ def test_a_killed_worker_is_replaced_while_the_other_answers(start, resources):
     # The listener stays open in the other worker: no delivery is refused meanwhile.
     for number in range(20):
         delivery = f"k-{number}"
-        response = fresh_post(
-            f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery)
-        )
+        response = deliver(server, delivery)
         assert response.status_code == 202, response.text
     eventually(
         lambda: len(workers_of(server)) == 2 and victim not in workers_of(server),
@@ -319,9 +312,7 @@ def test_the_rest_api_keeps_its_tokens_through_the_workers(start, resources, tmp
     server = start(resources, env={"EVENTFLOW_API__TOKENS": json.dumps(tokens)})
     bearer = {"authorization": "Bearer s3cret-reader-writer"}
     assert httpx.get(f"{server.url}/api/v1/runs").status_code == 401
-    delivered = fresh_post(
-        f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, "logged")
-    )
+    delivered = deliver(server, "logged")
     assert delivered.status_code == 202
 
     def finished() -> bool:
@@ -352,15 +343,11 @@ def test_workers_publish_to_jetstream_themselves(start, resources, tmp_path):
         server = start(resources, env=env)
         ids = [f"js-{number}" for number in range(10)]
         for delivery in ids:
-            response = fresh_post(
-                f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, delivery)
-            )
+            response = deliver(server, delivery)
             assert (response.status_code, response.json()) == (202, {"id": delivery})
         eventually(lambda: stored(server, *ids), "every event stored through JetStream")
         nats.kill()
-        refused = fresh_post(
-            f"{server.url}/webhooks/github", content=PUSH, headers=signed(PUSH, "js-down")
-        )
+        refused = deliver(server, "js-down")
         assert refused.status_code == 503
         assert refused.headers["retry-after"]
         assert server.stop() == 0

@@ -5,8 +5,6 @@ restart that keeps them, conflicts that store nothing."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +15,7 @@ import pytest
 
 from eventflow.settings import StoreSettings
 from eventflow.store.sql import SqlStore
-from tests.conftest import FIXTURES, RunningServer
+from tests.conftest import FIXTURES, RunningServer, github_signed
 
 SECRET = "It's a Secret to Everybody"
 PUSH = (FIXTURES / "github" / "push--payload.json").read_bytes()
@@ -67,13 +65,7 @@ def resources(tmp_path: Path, *documents: str) -> Path:
 
 
 def github_headers(delivery: str, body: bytes = PUSH) -> dict[str, str]:
-    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return {
-        "content-type": "application/json",
-        "x-github-event": "push",
-        "x-github-delivery": delivery,
-        "x-hub-signature-256": f"sha256={digest}",
-    }
+    return github_signed(SECRET, delivery, body)
 
 
 def spec_of(body: dict[str, Any]) -> dict[str, Any]:

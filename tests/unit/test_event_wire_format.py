@@ -14,31 +14,9 @@ from hypothesis import strategies as st
 from eventflow import jsoncodec
 from eventflow.errors import InvalidEventError
 from eventflow.events import Event, ReceivedEvent
+from tests.json_fragments import JSON_FRAGMENTS
 
 STAMP = datetime(2024, 5, 6, tzinfo=UTC)
-PIECES = [
-    "{",
-    "}",
-    "[",
-    "]",
-    ",",
-    ":",
-    '"a"',
-    '"\\ud800"',
-    "1",
-    "-",
-    "1.5",
-    "1e400",
-    "NaN",
-    "-Infinity",
-    "12345678901234567890",
-    "null",
-    " ",
-    "\n",
-    "é",
-    "\ufeff",
-    "\x01",
-]
 
 
 def outcome(payload: bytes) -> tuple[str, str]:
@@ -57,7 +35,7 @@ def reference(payload: bytes) -> tuple[str, str]:
 
 @settings(max_examples=1000, deadline=None)
 @given(
-    st.lists(st.sampled_from(PIECES), max_size=10),
+    st.lists(st.sampled_from(JSON_FRAGMENTS), max_size=10),
     st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32-le"]),
 )
 def test_loads_reads_what_json_reads(pieces: list[str], encoding: str) -> None:
