@@ -3,8 +3,6 @@ secrets: a signed delivery over HTTPS is taken; without `--dev` an inline secret
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import ssl
 import subprocess
@@ -13,8 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_port, github_signed
 
 EVENTFLOW = str(Path(sys.executable).with_name("eventflow"))
 PUSH = (FIXTURES / "github" / "push--payload.json").read_bytes()
@@ -49,7 +48,10 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_dev_mode_over_tls_takes_a_delivery_signed_with_the_inline_secret(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["one-process", "intake-workers"])
+def test_dev_mode_over_tls_takes_a_delivery_signed_with_the_inline_secret(
+    tmp_path: Path, workers: str
+) -> None:
     """HTTPS with the configured cert; the inline secret verifies; a loud warning is logged."""
     cert, key = self_signed(tmp_path)
     (tmp_path / "sensor.yaml").write_text(SENSOR)
@@ -62,6 +64,7 @@ def test_dev_mode_over_tls_takes_a_delivery_signed_with_the_inline_secret(tmp_pa
         "EVENTFLOW_SHUTDOWN_GRACE_SECONDS": "1",
     }
     command = [EVENTFLOW, "serve", str(tmp_path / "sensor.yaml"), "--dev", "--port", str(port)]
+    command += ["--intake-workers", workers]
     with log.open("w") as output:
         server = subprocess.Popen(
             [*command, "--data-dir", str(tmp_path / "data")],
@@ -81,13 +84,7 @@ def test_dev_mode_over_tls_takes_a_delivery_signed_with_the_inline_secret(tmp_pa
                         break
                 except httpx.HTTPError:
                     time.sleep(0.05)
-            signature = hmac.new(b"a-dev-only-secret", PUSH, hashlib.sha256).hexdigest()
-            headers = {
-                "content-type": "application/json",
-                "x-github-event": "push",
-                "x-github-delivery": "d-tls",
-                "x-hub-signature-256": f"sha256={signature}",
-            }
+            headers = github_signed("a-dev-only-secret", "d-tls", PUSH)
             reply = client.post("/webhooks/github", content=PUSH, headers=headers)
             assert (reply.status_code, reply.json()) == (202, {"id": "d-tls"})
             with httpx.Client(verify=False) as plain:
