@@ -17,7 +17,10 @@ secret (X-Hub-Signature-256), a new X-GitHub-Delivery per request so that none i
 N processes answer the webhooks and the main process runs the engine.
 
 The server and wrk share this machine's cores, as they would on a small node; run with
-nothing else busy. Nothing is asserted: figures are printed for the closing note.
+nothing else busy. Beside the rate and latency, the CPU time the server's processes (the main
+one and its intake workers) spent per delivery: steadier than a rate on a machine whose
+neighbours take its cores now and then. Nothing is asserted: figures are printed for the
+closing note.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ spec:
     auth: {preset: github, secrets: [{env: BENCH_GITHUB_SECRET}]}
     event: {type: "com.github.{{ headers['x-github-event'] }}", source: https://github.com}
 """
-# wrk's Lua: one request template, a delivery id unique per thread and request.
+# wrk's Lua: one request template, a delivery id unique per run (its argument), thread and
+# request, so that the warm-up's deliveries are not repeated as redeliveries by the measured run.
 WRK_SCRIPT = """
 local counter = 0
 local threads = 0
@@ -68,7 +72,7 @@ function setup(thread)
   threads = threads + 1
 end
 function init(args)
-  prefix = "%(run)s-" .. tostring(tid) .. "-"
+  prefix = args[1] .. "-" .. tostring(tid) .. "-"
 end
 wrk.method = "POST"
 wrk.body = %(body)s
@@ -125,6 +129,7 @@ class Figures:
     p99_ms: float
     requests: int
     not_2xx: int
+    cpu_us: float  # CPU time of the server's processes per request
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -177,16 +182,31 @@ def milliseconds(text: str) -> float:
     return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
 
 
-def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace) -> Figures:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` and of its children still running."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for process in [pid, *map(int, children)]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace, server: int) -> Figures:
     command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(args.connections)]
     url = f"http://127.0.0.1:{port}"
-    subprocess.run([*command, "-d", "2s", "-s", str(script), url], capture_output=True, check=True)
+    warm_up = [*command, "-d", "2s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]]
+    subprocess.run(warm_up, capture_output=True, check=True)
+    before = cpu_seconds(server)
     result = subprocess.run(
-        [*command, "-d", f"{args.duration}s", "-s", str(script), url],
+        [*command, "-d", f"{args.duration}s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]],
         capture_output=True,
         text=True,
         check=True,
     )
+    cpu = cpu_seconds(server) - before
     out = result.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
@@ -194,7 +214,13 @@ def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace) -> Fig
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return Figures(
-        name, rate, milliseconds(p50), milliseconds(p99), total, int(bad.group(1)) if bad else 0
+        name,
+        rate,
+        milliseconds(p50),
+        milliseconds(p99),
+        total,
+        int(bad.group(1)) if bad else 0,
+        cpu * 1e6 / total,
     )
 
 
@@ -216,7 +242,7 @@ def measure(kind: str, workers: int, work: Path, script: Path, args: argparse.Na
     process = start(kind, workers, work, port, args.nats, stream)
     name = kind if kind == "bare" else f"{kind}/{workers}w"
     try:
-        return run_wrk(name, port, script, args)
+        return run_wrk(name, port, script, args, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -274,9 +300,7 @@ def main() -> None:
         signature = "sha256=" + hmac.new(SECRET.encode(), PUSH, hashlib.sha256).hexdigest()
         script = work / "github.lua"
         body = "[==[" + PUSH.decode() + "]==]"
-        script.write_text(
-            WRK_SCRIPT % {"run": uuid.uuid4().hex[:8], "body": body, "signature": signature}
-        )
+        script.write_text(WRK_SCRIPT % {"body": body, "signature": signature})
         with own_nats(work, args):
             results = [
                 measure(kind, workers, work, script, args)
@@ -287,11 +311,14 @@ def main() -> None:
         f"signed GitHub push deliveries ({len(PUSH)} bytes), wrk -t{args.threads}"
         f" -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs"
     )
-    print(f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(
+        f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+        f" {'CPU us/delivery':>16}"
+    )
     for figures in results:
         print(
             f"{figures.name:<14} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
-            f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8}"
+            f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8} {figures.cpu_us:>16,.0f}"
         )
     bare = next((figures for figures in results if figures.name == "bare"), None)
     if bare is not None:
