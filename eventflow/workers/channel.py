@@ -175,9 +175,9 @@ class MainEnd:
     async def reload_workers(self, within_seconds: float) -> None:
         """Have every connected worker apply the current configuration; log any that did not
         within `within_seconds`, or refused it (it keeps serving its previous one)."""
-        # A worker not yet ready loads the configuration as it is when it gets there.
-        ready = [connection for connection in self._connections if connection.ready]
-        asked = [(connection, *connection.requests.new()) for connection in ready]
+        # A worker still starting answers once its first load is done, then loads anew: a
+        # change made while it was loading is not lost.
+        asked = [(connection, *connection.requests.new()) for connection in self._connections]
         for connection, number, _ in asked:
             connection.frames.send(RELOAD, number)
         if not asked:

@@ -73,16 +73,16 @@ class IntakeWorker:
         self._rate_limits = ChannelRateLimits(self._main.ask_store)
         self._bus: EventBus | None = None
         self._connecting: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # Connected first: the store, even the list of registered webhooks, is reached through
-        # the main process.
-        await self._main.connect()
         self.sensor_set = SensorSet(self._create_sensor, self.emit_for, http_only=True)
         registered = ChannelWebhooks(self._main.ask_store)
         self.live = LiveConfig(
             self._paths, self._plugins, registered, self.sensor_set, lambda _: None
         )
+
+    async def start(self) -> None:
+        # Connected before loading: the registered webhooks are read through the main process.
+        # A reload asked meanwhile waits for this load (LiveConfig's lock), then reads anew.
+        await self._main.connect()
         await self.live.load()
         if self.settings.bus.url.split("://", 1)[0] == "memory":
             self.sensor_set.start()
@@ -130,6 +130,9 @@ class IntakeWorker:
             await self.live.load()
         except ResourceError as error:
             return [str(problem) for problem in error.problems]
+        except Exception as error:  # the main process must hear of it, not wait in vain
+            log.exception("intake worker reload failed")
+            return [f"intake worker reload failed: {error}"]
         return []
 
 
