@@ -466,6 +466,10 @@ async def test_a_cancel_asked_of_another_replica_reaches_the_owner_at_its_renewa
         created = await create_run(a.store, workflow(flags))
         a.controller.admit(created)
         await wait_for(a.store, created.id, lambda run: step_state(run, "work") == ("Running", 1))
+        # Running is stored at the spawn; the cancel must find the step's own code started.
+        async with asyncio.timeout(20):
+            while ran(flags) != ["work 1"]:
+                await asyncio.sleep(0.02)
         answered = await b.controller.cancel(created.id)
         assert answered is not None
         assert (answered.state, answered.cancel_requested, answered.owner) == ("Running", True, "a")
