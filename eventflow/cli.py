@@ -137,11 +137,8 @@ def serve(
         typer.echo(str(error), err=True)
         raise fail(f"{len(error.problems)} problem(s) in the resources; nothing started") from None
     service = Service(settings, paths, plugins)
-    # A private directory (0700) for the sockets of the workers: a short path, as a Unix
-    # socket's must be, that nobody else can reach.
-    sockets = Path(tempfile.mkdtemp(prefix="eventflow-"))
+    workers, listen = _listening(service, dev=dev)
     try:
-        workers, listen = _listening(service, sockets, dev=dev)
         config = uvicorn.Config(
             create_app(service, sighup_reloads=True, workers=workers),
             **listen,
@@ -159,14 +156,13 @@ def serve(
         except ConfigError as error:
             raise fail(str(error)) from None
     finally:
-        shutil.rmtree(sockets, ignore_errors=True)
+        if workers is not None:
+            shutil.rmtree(workers.directory, ignore_errors=True)
 
 
-def _listening(
-    service: Service, sockets: Path, *, dev: bool
-) -> tuple[IntakeWorkers | None, dict[str, Any]]:
+def _listening(service: Service, *, dev: bool) -> tuple[IntakeWorkers | None, dict[str, Any]]:
     """The intake workers, if the settings ask for any, and where uvicorn listens: on the
-    API's address, or (workers holding that) on a Unix socket in `sockets` for them alone."""
+    API's address, or (workers holding that) on a Unix socket for them alone."""
     from eventflow.workers.supervising import IntakeWorkers, bind_listener
 
     api = service.settings.api
@@ -180,7 +176,9 @@ def _listening(
     workers = IntakeWorkers(
         api.intake_workers,
         listener,
-        directory=sockets,
+        # Private (0700), for the workers' sockets: a short path, as a Unix socket's must be,
+        # that nobody else can reach.
+        directory=Path(tempfile.mkdtemp(prefix="eventflow-")),
         service=service,
         dev=dev,
     )

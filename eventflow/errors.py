@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+STOPPING = "eventflow is stopping; send the event again"
+"""What a sender is told when eventflow stops taking events, whichever process answers."""
+
 
 class EventflowError(Exception):
     """Base of every error eventflow raises on purpose."""

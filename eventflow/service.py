@@ -24,7 +24,7 @@ from eventflow.bus.memory import MemoryBus
 from eventflow.bus.protocol import EventBus
 from eventflow.engine.catalog import Catalog
 from eventflow.engine.dispatching import Dispatcher
-from eventflow.errors import BusUnavailableError, ConfigError
+from eventflow.errors import STOPPING, BusUnavailableError, ConfigError
 from eventflow.events import ReceivedEvent
 from eventflow.executors.local import LocalExecutor
 from eventflow.executors.protocol import Executor
@@ -228,7 +228,7 @@ class Service:
     async def publish_for_worker(self, event: ReceivedEvent) -> None:
         """Put an event an intake worker received on the bus, as `emit` would have."""
         if not self.accepting:
-            raise BusUnavailableError("eventflow is stopping; send the event again", delay=1.0)
+            raise BusUnavailableError(STOPPING, delay=1.0)
         await self.bus.publish(event)
 
     def emit_for(self, sensor: str) -> Emit:

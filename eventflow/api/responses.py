@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from eventflow.errors import STOPPING
 from eventflow.service import Service
 
 
@@ -23,7 +24,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 
 def stopping() -> JSONResponse:
-    return error(503, "eventflow is stopping; send the event again", {"Retry-After": "1"})
+    return error(503, STOPPING, {"Retry-After": "1"})
 
 
 def _json_default(value: Any) -> Any:

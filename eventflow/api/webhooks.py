@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from eventflow.api.responses import BodyTooLargeError
+from eventflow.errors import STOPPING
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest, HttpSensor
 from eventflow.settings import ApiSettings, Settings
 
@@ -161,7 +162,7 @@ def with_webhooks(service: WebhookHost, rest: ASGIApp) -> ASGIApp:
         if sensor is None:
             return refuse(404, f"no webhook sensor at {PREFIX}{path}")
         if not service.accepting:
-            return refuse(503, "eventflow is stopping; send the event again", {"Retry-After": "1"})
+            return refuse(503, STOPPING, {"Retry-After": "1"})
         headers = headers_of(scope)
         try:
             async with asyncio.timeout(limits.request_timeout_seconds):

@@ -32,7 +32,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from eventflow.errors import BusUnavailableError, EventflowError
+from eventflow.errors import STOPPING, BusUnavailableError, EventflowError
 from eventflow.events import ReceivedEvent
 
 log = structlog.get_logger()
@@ -290,16 +290,10 @@ class WorkerEnd:
 
     async def publish(self, event: ReceivedEvent) -> None:
         """Return once the main process's bus holds `event`; BusUnavailableError if not."""
-        if self._frames is None or self.closed.is_set():
-            raise BusUnavailableError("eventflow is stopping; send the event again", delay=1.0)
-        number, answer = self._requests.new()
-        self._frames.send(PUBLISH, number, event.encode())
         try:
-            kind, payload = await answer
+            kind, payload = await self._ask(PUBLISH, event.encode())
         except ChannelClosedError:
-            raise BusUnavailableError(
-                "eventflow is stopping; send the event again", delay=1.0
-            ) from None
+            raise BusUnavailableError(STOPPING, delay=1.0) from None
         if kind != ACCEPTED:
             refusal = orjson.loads(payload)
             raise BusUnavailableError(refusal["error"], delay=refusal["delay"])
@@ -312,14 +306,19 @@ class WorkerEnd:
     async def ask_store(self, payload: bytes) -> bytes:
         """The main process's answer to a store request; RequestFailedError with its reason,
         ChannelClosedError if the main process is gone."""
-        if self._frames is None or self.closed.is_set():
-            raise ChannelClosedError("the main process is gone")
-        number, answer = self._requests.new()
-        self._frames.send(STORE, number, payload)
-        kind, reply = await answer
+        kind, reply = await self._ask(STORE, payload)
         if kind != STORE_DONE:
             raise RequestFailedError(reply.decode())
         return reply
+
+    async def _ask(self, kind: bytes, payload: bytes) -> tuple[bytes, bytes]:
+        """The main process's answer (its kind and payload) to a request; ChannelClosedError
+        if the main process is gone, or goes before it answers."""
+        if self._frames is None or self.closed.is_set():
+            raise ChannelClosedError("the main process is gone")
+        number, answer = self._requests.new()
+        self._frames.send(kind, number, payload)
+        return await answer
 
     async def close(self) -> None:
         if self._reader_task is not None:

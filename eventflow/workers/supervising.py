@@ -72,7 +72,7 @@ class IntakeWorkers:
     ) -> None:
         self._count = count
         self._listener = listener
-        self._directory = directory
+        self.directory = directory
         self._settings = service.settings
         self._paths = service.resource_paths
         self._dev = dev
@@ -95,10 +95,10 @@ class IntakeWorkers:
     @property
     def api_socket(self) -> Path:
         """Where the main process serves the REST API to the workers."""
-        return self._directory / "api.sock"
+        return self.directory / "api.sock"
 
     async def start(self) -> None:
-        (self._directory / "settings.json").write_text(
+        (self.directory / "settings.json").write_text(
             self._settings.model_dump_json(exclude_unset=True)
         )
         await self._channel.start()
@@ -152,9 +152,9 @@ class IntakeWorkers:
     def _command(self, index: int) -> list[str]:
         command = [sys.executable, "-m", "eventflow.workers.worker", "--index", str(index)]
         command += ["--listener-fd", str(self._listener.fileno())]
-        command += ["--channel", str(self._directory / "channel.sock")]
+        command += ["--channel", str(self.directory / "channel.sock")]
         command += ["--api-socket", str(self.api_socket)]
-        command += ["--settings", str(self._directory / "settings.json")]
+        command += ["--settings", str(self.directory / "settings.json")]
         if self._dev:
             command.append("--dev")
         return command + [str(path) for path in self._paths]

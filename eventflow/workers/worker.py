@@ -19,7 +19,6 @@ import asyncio
 import signal
 import socket
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -42,17 +41,13 @@ from eventflow.sensing.discovery import discover_plugins
 from eventflow.sensing.intake import make_emit
 from eventflow.sensing.protocol import Emit, HttpSensor, Sensor, SensorContext, SensorPlugin
 from eventflow.sensing.secrets import INLINE_ALLOWED
-from eventflow.service import open_bus
+from eventflow.service import open_bus, utc_now
 from eventflow.settings import Settings
 from eventflow.workers.channel import WorkerEnd
 from eventflow.workers.proxy import MainProcessProxy
 from eventflow.workers.store import ChannelRateLimits, ChannelSensorState, ChannelWebhooks
 
 log = structlog.get_logger()
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class IntakeWorker:
