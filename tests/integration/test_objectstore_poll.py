@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -147,10 +146,9 @@ def bucket_of_10000(ministack: S3Server) -> tuple[str, list[str]]:
         await put_many(ministack, bucket, keys, concurrency=64)
         return bucket
 
-    started = time.monotonic()
+    # Not timed: how fast the test server fills a bucket says nothing of eventflow, and a
+    # busy host took 76 s where an idle one takes 17; the test's own timeout still bounds it.
     bucket = asyncio.run(fill())
-    elapsed = time.monotonic() - started
-    assert elapsed < 60, f"filling {len(keys)} objects took {elapsed:.0f} s"
     return bucket, sorted(keys, key=str.encode)
 
 
