@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
@@ -150,7 +152,8 @@ async def test_server_going_away_fails_pending_publishes_at_once(tmp_path: Path)
             # A subscriber that never answers keeps the publishes waiting for a PubAck.
             silent = await listener.subscribe("silent.subject")
             await listener.flush()
-            assert bus._publisher is not None
+            assert bus._nc is not None and bus._publisher is not None
+            await interest_seen_by(bus._nc, silent.subject)
             publisher = bus._publisher
 
             async def publish() -> str:
@@ -173,6 +176,19 @@ async def test_server_going_away_fails_pending_publishes_at_once(tmp_path: Path)
         finally:
             await listener.close()
             await bus.close()
+
+
+async def interest_seen_by(client: Client, subject: str) -> None:
+    """Wait until `client`'s requests to `subject` reach a subscriber: a server just started
+    with JetStream may answer 'no responders' for a moment after another connection's SUB."""
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await client.request(subject, b"probe", timeout=0.05)
+            except NoRespondersError:
+                continue
+            except NatsTimeoutError:
+                return
 
 
 async def test_prefetch_is_bounded_by_the_batch_and_stop_hands_the_rest_back() -> None:
