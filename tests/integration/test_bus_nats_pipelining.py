@@ -152,7 +152,8 @@ async def test_server_going_away_fails_pending_publishes_at_once(tmp_path: Path)
             # A subscriber that never answers keeps the publishes waiting for a PubAck.
             silent = await listener.subscribe("silent.subject")
             await listener.flush()
-            assert bus._nc is not None and bus._publisher is not None
+            assert bus._nc is not None
+            assert bus._publisher is not None
             await interest_seen_by(bus._nc, silent.subject)
             publisher = bus._publisher
 
