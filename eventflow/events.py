@@ -12,7 +12,7 @@ import base64
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +67,9 @@ class Event:
     data: Any = None
     extensions: Mapping[str, ExtensionValue] = field(default_factory=dict)
     specversion: str = SPEC_VERSION
+    # `data` as JSON text when it came as such (see `keeping_data_text`). Not an __init__
+    # argument, so `dataclasses.replace` never carries it over to other data.
+    data_text: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("id", "source", "type"):
@@ -87,6 +90,26 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The structured-mode JSON object (data_base64 for bytes)."""
+        document = self._attributes()
+        if isinstance(self.data, bytes):
+            document["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        elif self.data is not None:
+            document["data"] = self.data
+        return document
+
+    def to_json(self, stamps: Mapping[str, str] | None = None) -> bytes:
+        """`to_dict` (with `stamps` as further extensions) as UTF-8 JSON. Data kept as text is
+        written as it came: a webhook's 7 KB body is neither walked nor encoded again."""
+        if self.data_text is None:
+            document = self.to_dict()
+            document.update(stamps or {})
+            return jsoncodec.dumps(document)
+        attributes = self._attributes()
+        attributes.update(stamps or {})
+        # `_attributes` always holds specversion, id, source and type: never "{}".
+        return b"".join((jsoncodec.dumps(attributes)[:-1], b',"data":', self.data_text, b"}"))
+
+    def _attributes(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             "specversion": self.specversion,
             "id": self.id,
@@ -102,10 +125,6 @@ class Event:
         if self.dataschema is not None:
             document["dataschema"] = self.dataschema
         document.update(self.extensions)
-        if isinstance(self.data, bytes):
-            document["data_base64"] = base64.b64encode(self.data).decode("ascii")
-        elif self.data is not None:
-            document["data"] = self.data
         return document
 
     @classmethod
@@ -164,6 +183,14 @@ class Event:
         }
 
 
+def keeping_data_text(event: Event, text: bytes) -> Event:
+    """`event`, which writes `text` wherever it is written as JSON instead of encoding its data
+    again. `text` must be UTF-8 JSON that `jsoncodec.loads` reads as `event.data`, a JSON value
+    other than null; nothing may change that value afterwards."""
+    object.__setattr__(event, "data_text", text)
+    return event
+
+
 @dataclass(frozen=True, slots=True)
 class ReceivedEvent:
     """An event stamped by eventflow on arrival: which sensor heard it, and when."""
@@ -178,10 +205,32 @@ class ReceivedEvent:
 
     def encode(self) -> bytes:
         """Bytes for the bus: a structured CloudEvent carrying the stamp as two extensions."""
-        document = self.event.to_dict()
-        document[SENSOR_EXTENSION] = self.sensor
-        document[RECEIVED_EXTENSION] = format_time(self.received_at)
-        return jsoncodec.dumps(document)
+        return self.event.to_json(
+            {SENSOR_EXTENSION: self.sensor, RECEIVED_EXTENSION: format_time(self.received_at)}
+        )
+
+    def encode_apart(self) -> tuple[bytes, bytes]:
+        """`encode` in two parts for `decode_apart`: the event without the data it keeps as
+        text, and that text (empty when it keeps none, its data then in the first part)."""
+        if self.event.data_text is None:
+            return self.encode(), b""
+        attributes = self.event._attributes()
+        attributes[SENSOR_EXTENSION] = self.sensor
+        attributes[RECEIVED_EXTENSION] = format_time(self.received_at)
+        return jsoncodec.dumps(attributes), self.event.data_text
+
+    @classmethod
+    def decode_apart(cls, head: bytes, data_text: bytes) -> ReceivedEvent:
+        """The event `encode_apart` wrote, keeping its data's text; InvalidEventError if none."""
+        received = cls.decode(head)
+        if not data_text:
+            return received
+        try:
+            data = jsoncodec.loads(data_text)
+        except ValueError as error:
+            raise InvalidEventError(f"event data is not JSON: {error}") from error
+        event = keeping_data_text(replace(received.event, data=data), data_text)
+        return cls(event, received.sensor, received.received_at)
 
     @classmethod
     def decode(cls, payload: bytes) -> ReceivedEvent:

@@ -25,7 +25,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from eventflow import jsoncodec
 from eventflow.store import tables
 from eventflow.store.bulk import BulkInsert
 from eventflow.store.records import (
@@ -212,7 +211,7 @@ class Operations:
                     event.event.source,
                     event.event.subject,
                     stamp(aware_utc(event.received_at, "event.received_at")),
-                    jsoncodec.dumps_text(event.event.to_dict()),
+                    event.event.to_json().decode(),
                 )
                 for event, _, _ in batch
             ],

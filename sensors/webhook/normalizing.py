@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 
 from eventflow.errors import ExpressionError, InvalidEventError
-from eventflow.events import JSON_CONTENT_TYPE, Event, new_event_id
+from eventflow.events import JSON_CONTENT_TYPE, Event, keeping_data_text, new_event_id
 from eventflow.jsoncodec import may_hold_big_integer
 from eventflow.sensing.binding import binary_event
 from eventflow.sensing.protocol import HttpRequest
@@ -183,21 +183,17 @@ def _deliveries(
         if "ce-specversion" in headers:
             return _cloudevents([_binary(headers, request.body, media)], extensions)
         if media is not None and (media.is_json or media.essence == FORM_CONTENT_TYPE):
+            body_text: bytes | None = None
             if media.is_json:
-                body = _parse_json(request.body, media)
+                body, body_text = _parse_json_keeping_text(request.body, media)
             else:
                 body = _parse_form(request.body, media)
-            return [
-                _plain(
-                    request,
-                    headers,
-                    body,
-                    extensions,
-                    config=config,
-                    now=now,
-                    new_id=new_id,
-                )
-            ]
+            delivery = _plain(
+                request, headers, body, extensions, config=config, now=now, new_id=new_id
+            )
+            if body_text is not None and body is not None:
+                keeping_data_text(delivery.event, body_text)
+            return [delivery]
     except InvalidEventError as error:
         raise RequestError(400, str(error)) from error
     if media is None:
@@ -238,16 +234,22 @@ def _parse_json(body: bytes, media: MediaType) -> Any:
     might read one differently (a huge integer), Python's json has the last word, so what is
     accepted, what it becomes and the message of a refusal stay json's.
     """
+    return _parse_json_keeping_text(body, media)[0]
+
+
+def _parse_json_keeping_text(body: bytes, media: MediaType) -> tuple[Any, bytes | None]:
+    """`_parse_json`, and `body` itself where it is text that `jsoncodec.loads` reads back as
+    the same value (what orjson read), else None."""
     if not body:
         raise RequestError(
             400, f"body is empty; a request of type {media.essence} must carry a JSON value"
         )
     if media.charset in (None, "utf-8") and not may_hold_big_integer(body):
         try:
-            return orjson.loads(body)
+            return orjson.loads(body), body
         except orjson.JSONDecodeError:
             pass  # json decides, and words the refusal
-    return _parse_json_text(body, media)
+    return _parse_json_text(body, media), None
 
 
 def _parse_json_text(body: bytes, media: MediaType) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from eventflow import jsoncodec
 from eventflow.errors import InvalidEventError
-from eventflow.events import Event, ReceivedEvent
+from eventflow.events import Event, ReceivedEvent, keeping_data_text
 from tests.json_fragments import JSON_FRAGMENTS
 
 STAMP = datetime(2024, 5, 6, tzinfo=UTC)
@@ -128,3 +129,56 @@ def test_deep_nesting_is_written_by_json() -> None:
         inner = inner[0]
     event = ReceivedEvent(Event(id="1", source="/s", type="t", data=data), "hooks", STAMP)
     assert ReceivedEvent.decode(event.encode()) == event
+
+
+def kept_as_text(text: bytes) -> Event:
+    return keeping_data_text(
+        Event(id="1", source="/s", type="t", data=jsoncodec.loads(text), extensions={"x": 1}),
+        text,
+    )
+
+
+@pytest.mark.parametrize(
+    "text", [b'{"a": [1, 2.5, "\\u00e9 \xc3\xa9"], "a": 3}', b" [true, null]\n", b'"text"', b"0"]
+)
+def test_data_kept_as_text_is_written_as_it_came_and_reads_back_the_same(text: bytes) -> None:
+    """Whitespace, escapes and a repeated key are kept; the payload decodes to the same event."""
+    event = ReceivedEvent(kept_as_text(text), "hooks", STAMP)
+    payload = event.encode()
+    assert text in payload
+    assert json.loads(payload) == json.loads(
+        ReceivedEvent(
+            Event(id="1", source="/s", type="t", data=event.event.data, extensions={"x": 1}),
+            "hooks",
+            STAMP,
+        ).encode()
+    )
+    assert ReceivedEvent.decode(payload) == event
+    assert json.loads(event.event.to_json()) == event.event.to_dict()
+
+
+def test_the_two_parts_of_an_event_keep_its_data_text() -> None:
+    """What a worker hands the main process: the data's text arrives as it left."""
+    event = ReceivedEvent(kept_as_text(b'{"k": [1, 2]}'), "hooks", STAMP)
+    head, data_text = event.encode_apart()
+    assert b'"k"' not in head
+    decoded = ReceivedEvent.decode_apart(head, data_text)
+    assert decoded == event
+    assert decoded.event.data_text == b'{"k": [1, 2]}'
+    plain = ReceivedEvent(Event(id="1", source="/s", type="t", data={"k": 1}), "hooks", STAMP)
+    assert plain.encode_apart() == (plain.encode(), b"")
+    assert ReceivedEvent.decode_apart(plain.encode(), b"") == plain
+
+
+def test_data_text_that_is_not_json_is_refused() -> None:
+    head, _ = ReceivedEvent(kept_as_text(b"[1]"), "hooks", STAMP).encode_apart()
+    with pytest.raises(InvalidEventError) as raised:
+        ReceivedEvent.decode_apart(head, b"[1,")
+    assert str(raised.value).startswith("event data is not JSON: ")
+
+
+def test_other_data_does_not_carry_the_old_text() -> None:
+    """`replace` makes an event of other data: it is encoded from its value."""
+    changed = replace(kept_as_text(b'{"old": true}'), data={"new": True})
+    assert changed.data_text is None
+    assert json.loads(changed.to_json())["data"] == {"new": True}

@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventflow import jsoncodec
 from eventflow.jsoncodec import may_hold_big_integer
-from sensors.webhook.normalizing import MediaType, RequestError, _parse_json, _parse_json_text
+from sensors.webhook.normalizing import (
+    MediaType,
+    RequestError,
+    _parse_json,
+    _parse_json_keeping_text,
+    _parse_json_text,
+)
 from tests.conftest import FIXTURES
 from tests.json_fragments import JSON_FRAGMENTS
 
@@ -42,6 +49,45 @@ def test_a_body_parses_as_json_parses_it(text: bytes, raw: bytes, media: MediaTy
     """Random near-JSON: the same value, of the same types, or the same refusal."""
     for body in filter(None, (text, text + raw, raw + text)):  # an empty body: its own message
         assert outcome(_parse_json, body, media) == outcome(_parse_json_text, body, media)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(st.sampled_from(JSON_FRAGMENTS), max_size=12).map(
+        lambda parts: "".join(parts).encode()
+    ),
+    st.sampled_from([JSON, UTF8]),
+)
+def test_a_body_kept_as_text_reads_back_as_its_value(body: bytes, media: MediaType) -> None:
+    """The text an event writes for its data instead of the value: it reads back the same."""
+    try:
+        value, text = _parse_json_keeping_text(body, media)
+    except RequestError:
+        return
+    if text is not None:
+        assert text is body
+        assert repr(jsoncodec.loads(text)) == repr(value)
+
+
+@pytest.mark.parametrize(
+    ("body", "media", "kept"),
+    [
+        (b' {"a": [1, 2.5, "\\u00e9"]}\n', JSON, True),
+        (b'{"n": 18446744073709551616}', JSON, False),
+        (b'{"big": 1e400}', JSON, False),
+        (b'["\\ud800"]', JSON, False),
+        (
+            b'{"a": "\xe9"}',
+            MediaType("application/json; charset=latin-1", "application/json", "latin-1"),
+            False,
+        ),
+    ],
+)
+def test_only_text_orjson_read_is_kept(body: bytes, media: MediaType, kept: bool) -> None:
+    """What json alone reads (a huge integer, 1e400, a lone surrogate, other charsets) is not."""
+    value, text = _parse_json_keeping_text(body, media)
+    assert value == _parse_json_text(body, media)
+    assert (text is not None) is kept
 
 
 @settings(max_examples=300, deadline=None)
