@@ -95,7 +95,7 @@ class ThreadRunner:
     """SQLite through a synchronous engine: each transaction is one hop to a thread.
 
     The writer thread keeps one connection open for good, which spares each write a pool
-    checkout and reset. A caller cancelled while its transaction runs does not stop it: the
+    checkout and reset; so does the event loop's thread for its lookups. A caller cancelled while its transaction runs does not stop it: the
     transaction commits or rolls back on its thread, and only the answer is lost. Callers
     write state before acting on it, so a write that lands unseen is one they would have
     retried anyway.
@@ -109,6 +109,7 @@ class ThreadRunner:
             _READER_THREADS, thread_name_prefix="eventflow-store-reader"
         )
         self._write_connection: Connection | None = None  # only the writer thread uses it
+        self._lookup_connection: Connection | None = None  # only the event loop's thread does
 
     @property
     def dialect(self) -> str:
@@ -119,7 +120,9 @@ class ThreadRunner:
 
     async def lookup(self, operation: Operation[T]) -> T:
         with _temporary_errors(self._where):
-            return self._read_whole(operation)
+            if self._lookup_connection is None:
+                self._lookup_connection = self._engine.connect()
+            return _transaction(self._lookup_connection, "BEGIN", operation)
 
     async def write(self, operation: Operation[T]) -> T:
         return await self._hop(self._writer, self._write_whole, operation)
@@ -150,8 +153,9 @@ class ThreadRunner:
     def _shut_down(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
-        if self._write_connection is not None:
-            self._write_connection.close()
+        for connection in (self._write_connection, self._lookup_connection):
+            if connection is not None:
+                connection.close()
         self._engine.dispose()
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from eventflow.sensing.protocol import SpaceWrite
 from eventflow.sensing.state import SpacesState, check_scan_limit, check_space
-from eventflow.store.bulk import BulkInsert
+from eventflow.store.bulk import BulkInsert, SelectByKeys
 from eventflow.store.records import aware_utc
 from eventflow.store.runner import Runner
 from eventflow.store.tables import UtcDateTime, driver_utc, sensor_state
@@ -44,6 +44,7 @@ _GET = select(sensor_state.c.key, sensor_state.c.value).where(
         sensor_state.c.expires_at > bindparam("p_now", type_=UtcDateTime()),
     ),
 )
+_GET_BY_KEYS = SelectByKeys(_GET, "p_keys")
 _DELETE = delete(sensor_state).where(_IN_KEYS)
 
 
@@ -84,16 +85,14 @@ class SqlSensorState(SpacesState):
         wanted = [(space, list(names)) for space, names in keys.items() if names]
         if not wanted:
             return found
-        now = self._now()
+        now = self._driver_utc(self._now())
 
         def read(connection: Connection) -> dict[str, dict[str, str]]:
             for space, names in wanted:
+                values = {"p_sensor": self._sensor, "p_space": space, "p_now": now}
                 for chunk in _chunks(names):
-                    rows = connection.execute(
-                        _GET,
-                        {"p_sensor": self._sensor, "p_space": space, "p_keys": chunk, "p_now": now},
-                    )
-                    found[space].update((row.key, row.value) for row in rows)
+                    rows = _GET_BY_KEYS(connection, chunk, values)
+                    found[space].update((key, value) for key, value in rows)
             return found
 
         if sum(len(names) for _, names in wanted) <= LOOKUP_KEYS:

@@ -176,6 +176,16 @@ async def test_many_keys_at_once_are_stored_and_read(state: SensorState) -> None
     assert len(await state.scan("listing", limit=5_000)) == 500
 
 
+async def test_reads_of_every_size_find_exactly_the_stored_keys(state: SensorState) -> None:
+    """Lists of keys of each size up to past a chunk (a lookup's list is padded to a power of
+    two with its first key): each stored key found once, the missing ones not at all."""
+    await state.put_many("seen", {f"k{number}": str(number) for number in range(0, 600, 2)})
+    for size in [*range(1, 70), 127, 128, 129, 499, 500, 501, 600]:
+        keys = [f"k{number}" for number in range(size)]
+        expected = {key: key[1:] for key in keys if int(key[1:]) % 2 == 0}
+        assert await state.get_many("seen", keys) == expected, size
+
+
 async def test_bad_arguments_are_refused_with_what_to_pass(state: SensorState) -> None:
     """An empty space name and a non-positive limit are errors that say what is expected."""
     with pytest.raises(ValueError, match=r"^space: an empty name; name the use of the state"):
