@@ -95,10 +95,10 @@ class ThreadRunner:
     """SQLite through a synchronous engine: each transaction is one hop to a thread.
 
     The writer thread keeps one connection open for good, which spares each write a pool
-    checkout and reset; so does the event loop's thread for its lookups. A caller cancelled while its transaction runs does not stop it: the
-    transaction commits or rolls back on its thread, and only the answer is lost. Callers
-    write state before acting on it, so a write that lands unseen is one they would have
-    retried anyway.
+    checkout and reset; so does the event loop's thread for its lookups. A caller cancelled
+    while its transaction runs does not stop it: the transaction commits or rolls back on its
+    thread, and only the answer is lost. Callers write state before acting on it, so a write
+    that lands unseen is one they would have retried anyway.
     """
 
     def __init__(self, engine: Engine, where: str) -> None:
