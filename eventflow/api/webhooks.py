@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
+from eventflow import jsoncodec
 from eventflow.api.responses import BodyTooLargeError
 from eventflow.errors import STOPPING
 from eventflow.sensing.protocol import Emit, HttpReply, HttpRequest, HttpSensor
@@ -75,6 +75,13 @@ async def read_limited(receive: Receive, declared: str | None, limit: int) -> by
     return b"".join(chunks)
 
 
+def body_arrived(receive: Receive) -> bool:
+    """Whether the server holds the whole body already, so reading it cannot wait and needs no
+    timer: uvicorn's request cycle, whose `receive` this is, sets `more_body` false once the
+    request is complete (most webhooks arrive in one read). False for any other server."""
+    return getattr(getattr(receive, "__self__", None), "more_body", True) is False
+
+
 def headers_of(scope: Scope) -> dict[str, str]:
     """Lower-cased header names; repeated headers joined with ', ' as HTTP allows."""
     headers: dict[str, str] = {}
@@ -86,7 +93,7 @@ def headers_of(scope: Scope) -> dict[str, str]:
 
 
 async def answer(send: Send, reply: HttpReply) -> None:
-    body = json.dumps(reply.body, separators=(",", ":")).encode()
+    body = jsoncodec.dumps(reply.body)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -165,10 +172,12 @@ def with_webhooks(service: WebhookHost, rest: ASGIApp) -> ASGIApp:
             return refuse(503, STOPPING, {"Retry-After": "1"})
         headers = headers_of(scope)
         try:
-            async with asyncio.timeout(limits.request_timeout_seconds):
-                body = await read_limited(
-                    receive, headers.get("content-length"), sensor.max_body_bytes
-                )
+            reading = read_limited(receive, headers.get("content-length"), sensor.max_body_bytes)
+            if body_arrived(receive):
+                body = await reading
+            else:
+                async with asyncio.timeout(limits.request_timeout_seconds):
+                    body = await reading
         except BodyTooLargeError as error:
             return refuse(413, str(error))
         except TimeoutError:
