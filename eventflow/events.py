@@ -90,24 +90,25 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The structured-mode JSON object (data_base64 for bytes)."""
+        return self._with_data(self._attributes())
+
+    def to_json(self, stamps: Mapping[str, str] | None = None) -> bytes:
+        """`to_dict` (with `stamps` as further extensions) as UTF-8 JSON, its data last. Data
+        kept as text is written as it came: a webhook's 7 KB body is neither walked nor
+        encoded again."""
         document = self._attributes()
+        document.update(stamps or {})
+        if self.data_text is None:
+            return jsoncodec.dumps(self._with_data(document))
+        # `_attributes` always holds specversion, id, source and type: never "{}".
+        return b"".join((jsoncodec.dumps(document)[:-1], b',"data":', self.data_text, b"}"))
+
+    def _with_data(self, document: dict[str, Any]) -> dict[str, Any]:
         if isinstance(self.data, bytes):
             document["data_base64"] = base64.b64encode(self.data).decode("ascii")
         elif self.data is not None:
             document["data"] = self.data
         return document
-
-    def to_json(self, stamps: Mapping[str, str] | None = None) -> bytes:
-        """`to_dict` (with `stamps` as further extensions) as UTF-8 JSON. Data kept as text is
-        written as it came: a webhook's 7 KB body is neither walked nor encoded again."""
-        if self.data_text is None:
-            document = self.to_dict()
-            document.update(stamps or {})
-            return jsoncodec.dumps(document)
-        attributes = self._attributes()
-        attributes.update(stamps or {})
-        # `_attributes` always holds specversion, id, source and type: never "{}".
-        return b"".join((jsoncodec.dumps(attributes)[:-1], b',"data":', self.data_text, b"}"))
 
     def _attributes(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -234,14 +235,50 @@ class ReceivedEvent:
 
     @classmethod
     def decode(cls, payload: bytes) -> ReceivedEvent:
-        try:
-            document = jsoncodec.loads(payload)
-        except ValueError as error:
-            raise InvalidEventError(f"bus payload is not JSON: {error}") from error
+        """The event `encode` wrote. Its data keeps its text when `payload` ends with it (as
+        `encode` writes it), so that the store writes that text instead of encoding it again."""
+        document, data_text = _split_at_data(payload)
+        if document is None:
+            try:
+                document = jsoncodec.loads(payload)
+            except ValueError as error:
+                raise InvalidEventError(f"bus payload is not JSON: {error}") from error
         if not isinstance(document, dict):
             raise InvalidEventError("bus payload is not a JSON object")
         sensor = document.pop(SENSOR_EXTENSION, None)
         received = document.pop(RECEIVED_EXTENSION, None)
         if not isinstance(sensor, str) or not isinstance(received, str):
             raise InvalidEventError("bus payload lacks eventflow's arrival stamp")
-        return cls(event=Event.from_dict(document), sensor=sensor, received_at=parse_time(received))
+        event = Event.from_dict(document)
+        if data_text is not None:
+            keeping_data_text(event, data_text)
+        return cls(event=event, sensor=sensor, received_at=parse_time(received))
+
+
+_DATA_MEMBER = b',"data":'
+
+
+def _split_at_data(payload: bytes) -> tuple[dict[str, Any] | None, bytes | None]:
+    """`payload` read as `{...head..., "data": <text>}`: the whole object and the data's text,
+    or (None, None) when it is not so written (data elsewhere, or none, or not JSON).
+
+    In valid JSON `,"data":` outside a string only starts a member named data (a string's
+    quotes are escaped), so the first one, at the top level, splits the head from the data;
+    if it is elsewhere, one part or the other does not read as JSON.
+    """
+    at = payload.find(_DATA_MEMBER)
+    if at < 0 or not payload.endswith(b"}"):
+        return None, None
+    data_text = payload[at + len(_DATA_MEMBER) : -1]
+    try:
+        head = jsoncodec.loads(payload[:at] + b"}")
+        data = jsoncodec.loads(data_text)
+    except ValueError:
+        return None, None
+    # An empty head is `{` then `,"data":`, which is not JSON.
+    if not isinstance(head, dict) or not head or "data" in head or "data_base64" in head:
+        return None, None
+    if data is None:
+        return None, None
+    head["data"] = data
+    return head, data_text

@@ -84,7 +84,8 @@ def written(encode: Any, event: ReceivedEvent) -> tuple[str, str]:
         payload = encode(event)
     except (ValueError, TypeError) as error:  # UnicodeEncodeError is a ValueError
         return ("refused", type(error).__name__)
-    return ("payload", repr(json.loads(payload)))
+    # repr tells 1 from 1.0 and -0.0 from 0.0; the top-level members may come in any order.
+    return ("payload", repr(sorted(json.loads(payload).items())))
 
 
 DATA = st.recursive(
@@ -182,3 +183,62 @@ def test_other_data_does_not_carry_the_old_text() -> None:
     changed = replace(kept_as_text(b'{"old": true}'), data={"new": True})
     assert changed.data_text is None
     assert json.loads(changed.to_json())["data"] == {"new": True}
+
+
+def test_a_bus_payload_ending_with_its_data_keeps_the_datas_text() -> None:
+    """What `encode` writes: the consumer's event writes the data's text, not a new encoding."""
+    sent = ReceivedEvent(kept_as_text(b'{"k": [1, 2] }'), "hooks", STAMP)
+    received = ReceivedEvent.decode(sent.encode())
+    assert received == sent
+    assert received.event.data_text == b'{"k": [1, 2] }'
+    assert (
+        ReceivedEvent.decode(
+            ReceivedEvent(Event(id="1", source="/s", type="t", data={"k": 1}), "h", STAMP).encode()
+        ).event.data_text
+        == b'{"k":1}'
+    )
+
+
+STAMPS = '"eventflowsensor":"h","eventflowreceived":"2024-05-06T00:00:00Z"'
+
+
+@pytest.mark.parametrize(
+    ("payload", "data"),
+    [
+        ('{"data":{"a":1},"specversion":"1.0","id":"1","source":"/s","type":"t",%s}', {"a": 1}),
+        ('{"specversion":"1.0","id":"1","source":"/s","type":"t",%s,"data":1,"data":2}', 2),
+        ('{"specversion":"1.0","id":"1","source":"/s","type":"t",%s,"data":null}', None),
+        (
+            '{"specversion":"1.0","id":"1","source":"/s","type":"t","subject":",\\"data\\":",%s}',
+            None,
+        ),
+    ],
+)
+def test_payloads_written_otherwise_read_as_json_reads_them(payload: str, data: Any) -> None:
+    """Data first, a repeated data member (the last one counts), null data, a subject holding
+    `,"data":`: the event json would read, and no text kept."""
+    encoded = (payload % STAMPS).encode()
+    event = ReceivedEvent.decode(encoded)
+    assert event.event.data == data
+    assert event.event.data_text is None
+    assert event.event.to_dict() == {
+        key: value
+        for key, value in json.loads(encoded).items()
+        if key not in ("eventflowsensor", "eventflowreceived") and value is not None
+    }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{,"data":1}',
+        b'{ ,"data":1}',
+        b'{"specversion":"1.0","id":"1","source":"/s","type":"t",,"data":1}',
+        b'{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1 } {}',
+    ],
+)
+def test_a_payload_that_only_splits_into_json_is_refused(payload: bytes) -> None:
+    """Two parts that each read as JSON do not make a whole that does not."""
+    with pytest.raises(InvalidEventError) as raised:
+        ReceivedEvent.decode(payload)
+    assert str(raised.value).startswith("bus payload is not JSON: ")
