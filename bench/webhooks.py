@@ -16,6 +16,10 @@ secret (X-Hub-Signature-256), a new X-GitHub-Delivery per request so that none i
 (`api.intake_workers`): with 0 one process answers the webhooks and runs the engine; with N,
 N processes answer the webhooks and the main process runs the engine.
 
+`--rounds N` measures every target N times, in turn, and prints the medians: on a host whose
+neighbours come and go, a ratio to bare taken within each round moves less than one taken
+between the first target and the last.
+
 The server and wrk share this machine's cores, as they would on a small node; run with
 nothing else busy. Beside the rate and latency, the CPU time the server's processes (the main
 one and its intake workers) spent per delivery: steadier than a rate on a machine whose
@@ -34,6 +38,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -287,6 +292,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="*", default=[0, 1], help="intake worker counts to measure"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every target this many times, in turn; medians are printed too",
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare is not None:
@@ -301,16 +312,29 @@ def main() -> None:
         script = work / "github.lua"
         body = "[==[" + PUSH.decode() + "]==]"
         script.write_text(WRK_SCRIPT % {"body": body, "signature": signature})
+        targets = [
+            (kind, workers)
+            for kind in args.only
+            for workers in ([0] if kind == "bare" else args.workers)
+        ]
         with own_nats(work, args):
-            results = [
-                measure(kind, workers, work, script, args)
-                for kind in args.only
-                for workers in ([0] if kind == "bare" else args.workers)
+            rounds = [
+                [measure(kind, workers, work, script, args) for kind, workers in targets]
+                for _ in range(args.rounds)
             ]
     print(
         f"signed GitHub push deliveries ({len(PUSH)} bytes), wrk -t{args.threads}"
         f" -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs"
     )
+    for number, results in enumerate(rounds, start=1):
+        if args.rounds > 1:
+            print(f"round {number} of {args.rounds}")
+        print_round(results)
+    if args.rounds > 1:
+        print_medians(rounds)
+
+
+def print_round(results: list[Figures]) -> None:
     print(
         f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
         f" {'CPU us/delivery':>16}"
@@ -325,6 +349,29 @@ def main() -> None:
         for figures in results:
             if figures is not bare:
                 print(f"{figures.name} / bare: {figures.rate / bare.rate:.0%}")
+
+
+def print_medians(rounds: list[list[Figures]]) -> None:
+    """Each target's median over the rounds; its ratio to bare is the median of the rounds'
+    ratios, each taken between runs minutes apart rather than across the whole run."""
+    print(f"medians of {len(rounds)} rounds")
+    print(
+        f"{'target':<14} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16} {'/ bare':>7}"
+    )
+    for position, first in enumerate(rounds[0]):
+        runs = [results[position] for results in rounds]
+        ratios = [
+            results[position].rate / bare.rate
+            for results in rounds
+            for bare in results
+            if bare.name == "bare" and first.name != "bare"
+        ]
+        ratio = f"{statistics.median(ratios):.0%}" if ratios else ""
+        print(
+            f"{first.name:<14} {statistics.median(run.rate for run in runs):>13,.0f}"
+            f" {statistics.median(run.p99_ms for run in runs):>8.2f}"
+            f" {statistics.median(run.cpu_us for run in runs):>16,.0f} {ratio:>7}"
+        )
 
 
 if __name__ == "__main__":
