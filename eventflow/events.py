@@ -12,7 +12,7 @@ import base64
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -210,33 +210,11 @@ class ReceivedEvent:
             {SENSOR_EXTENSION: self.sensor, RECEIVED_EXTENSION: format_time(self.received_at)}
         )
 
-    def encode_apart(self) -> tuple[bytes, bytes]:
-        """`encode` in two parts for `decode_apart`: the event without the data it keeps as
-        text, and that text (empty when it keeps none, its data then in the first part)."""
-        if self.event.data_text is None:
-            return self.encode(), b""
-        attributes = self.event._attributes()
-        attributes[SENSOR_EXTENSION] = self.sensor
-        attributes[RECEIVED_EXTENSION] = format_time(self.received_at)
-        return jsoncodec.dumps(attributes), self.event.data_text
-
-    @classmethod
-    def decode_apart(cls, head: bytes, data_text: bytes) -> ReceivedEvent:
-        """The event `encode_apart` wrote, keeping its data's text; InvalidEventError if none."""
-        received = cls.decode(head)
-        if not data_text:
-            return received
-        try:
-            data = jsoncodec.loads(data_text)
-        except ValueError as error:
-            raise InvalidEventError(f"event data is not JSON: {error}") from error
-        event = keeping_data_text(replace(received.event, data=data), data_text)
-        return cls(event, received.sensor, received.received_at)
-
     @classmethod
     def decode(cls, payload: bytes) -> ReceivedEvent:
         """The event `encode` wrote. Its data keeps its text when `payload` ends with it (as
-        `encode` writes it), so that the store writes that text instead of encoding it again."""
+        `encode` writes it), so that the store, or the bus of a main process that an intake
+        worker handed the event to, writes that text instead of encoding the data again."""
         document, data_text = _split_at_data(payload)
         if document is None:
             try:

@@ -16,8 +16,6 @@ One Unix socket in a private directory; each worker holds one connection to it f
   the process it takes events for.
 
 A frame is: 4-byte big-endian length of the rest, 1-byte kind, 8-byte request number, payload.
-A publish's payload is the event in `ReceivedEvent.encode_apart`'s two parts, the first one's
-length in 4 bytes ahead: a webhook body's text reaches the main process's store as it came.
 Many requests are in flight on one connection; the frames written in one turn of the event
 loop leave in one send. This module does not parse HTTP or know sensors.
 """
@@ -257,10 +255,7 @@ class MainEnd:
 
     async def _serve_publish(self, frames: _Frames, number: int, payload: bytes) -> None:
         try:
-            (head_length,) = _LENGTH.unpack_from(payload)
-            head_end = _LENGTH.size + head_length
-            event = ReceivedEvent.decode_apart(payload[_LENGTH.size : head_end], payload[head_end:])
-            await self._publish(event)
+            await self._publish(ReceivedEvent.decode(payload))
         except BusUnavailableError as error:
             frames.send(REFUSED, number, _refusal(error, error.delay))
         except EventflowError as error:
@@ -296,10 +291,7 @@ class WorkerEnd:
     async def publish(self, event: ReceivedEvent) -> None:
         """Return once the main process's bus holds `event`; BusUnavailableError if not."""
         try:
-            head, data_text = event.encode_apart()
-            kind, payload = await self._ask(
-                PUBLISH, b"".join((_LENGTH.pack(len(head)), head, data_text))
-            )
+            kind, payload = await self._ask(PUBLISH, event.encode())
         except ChannelClosedError:
             raise BusUnavailableError(STOPPING, delay=1.0) from None
         if kind != ACCEPTED:

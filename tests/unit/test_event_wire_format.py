@@ -158,26 +158,6 @@ def test_data_kept_as_text_is_written_as_it_came_and_reads_back_the_same(text: b
     assert json.loads(event.event.to_json()) == event.event.to_dict()
 
 
-def test_the_two_parts_of_an_event_keep_its_data_text() -> None:
-    """What a worker hands the main process: the data's text arrives as it left."""
-    event = ReceivedEvent(kept_as_text(b'{"k": [1, 2]}'), "hooks", STAMP)
-    head, data_text = event.encode_apart()
-    assert b'"k"' not in head
-    decoded = ReceivedEvent.decode_apart(head, data_text)
-    assert decoded == event
-    assert decoded.event.data_text == b'{"k": [1, 2]}'
-    plain = ReceivedEvent(Event(id="1", source="/s", type="t", data={"k": 1}), "hooks", STAMP)
-    assert plain.encode_apart() == (plain.encode(), b"")
-    assert ReceivedEvent.decode_apart(plain.encode(), b"") == plain
-
-
-def test_data_text_that_is_not_json_is_refused() -> None:
-    head, _ = ReceivedEvent(kept_as_text(b"[1]"), "hooks", STAMP).encode_apart()
-    with pytest.raises(InvalidEventError) as raised:
-        ReceivedEvent.decode_apart(head, b"[1,")
-    assert str(raised.value).startswith("event data is not JSON: ")
-
-
 def test_other_data_does_not_carry_the_old_text() -> None:
     """`replace` makes an event of other data: it is encoded from its value."""
     changed = replace(kept_as_text(b'{"old": true}'), data={"new": True})
