@@ -140,12 +140,16 @@ class Dispatcher:
     async def _settle(self, delivery: Delivery, item: DispatchItem, result: DispatchResult) -> None:
         """The event and its runs are stored: start the runs, then ack."""
         received, decisions, _ = item
-        with structlog.contextvars.bound_contextvars(event_id=received.id, sensor=received.sensor):
-            for run in result.created:
-                log.info("run created", run_id=run.id, trigger=run.trigger)
-                self._runs.admit(run)
-            for trigger, run_id in result.existing.items():
-                log.info("duplicate event, run exists", trigger=trigger, run_id=run_id)
-            if not decisions:
-                log.debug("no trigger matched")
+        event = {"event_id": received.id, "sensor": received.sensor}
+        if result.created:
+            # Bound for what admitting the runs logs too; binding costs each event ~2% of
+            # webhook intake, so the events that start nothing name themselves instead.
+            with structlog.contextvars.bound_contextvars(**event):
+                for run in result.created:
+                    log.info("run created", run_id=run.id, trigger=run.trigger)
+                    self._runs.admit(run)
+        for trigger, run_id in result.existing.items():
+            log.info("duplicate event, run exists", trigger=trigger, run_id=run_id, **event)
+        if not decisions:
+            log.debug("no trigger matched", **event)
         await delivery.ack()
