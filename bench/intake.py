@@ -13,7 +13,8 @@ CPU time (every thread of the process) per delivery.
 Then the stages on their own, each over the same N deliveries: the JSON parse of the body,
 the type template, the HMAC check, the header filter, the dedupe ledger (hold, record) on
 the memory state, and `ReceivedEvent.encode` (what a bus publishes) of the event as the webhook
-sensor makes it (its data written as the body's text) and of one whose data is encoded again.
+sensor makes it (its data written as the body's text) and of one whose data is encoded again,
+and `ReceivedEvent.decode` of the first (what a bus consumer reads).
 Figures are the best of `--repeat` runs, in microseconds per delivery. Logs are at warning
 unless `--log-level` says otherwise. Nothing here is asserted.
 """
@@ -172,6 +173,7 @@ async def time_stages(count: int, repeat: int) -> dict[str, float]:
 
     received = ReceivedEvent(event(), "github", now)
     as_webhooks_make_it = ReceivedEvent(keeping_data_text(event(), PUSH), "github", now)
+    payload = as_webhooks_make_it.encode()
     figures = {
         "parse": best_of(repeat, count, lambda: _parse_json(PUSH, JSON)),
         "template": best_of(repeat, count, lambda: config.event.type.render(context)),
@@ -182,6 +184,7 @@ async def time_stages(count: int, repeat: int) -> dict[str, float]:
         "ledger": await best_of_async(repeat, count, hold_and_record),
         "encode (bus)": best_of(repeat, count, as_webhooks_make_it.encode),
         "encode, data again": best_of(repeat, count, received.encode),
+        "decode (bus)": best_of(repeat, count, lambda: ReceivedEvent.decode(payload)),
     }
     await ledger.flush()
     return figures
