@@ -144,6 +144,8 @@ def serve(
             **listen,
             log_config=None,
             access_log=False,
+            # Not uvloop: libuv starts a step's process by fork(), which costs more the
+            # larger the server grows; the intake workers, which start none, run on it.
             loop="asyncio",
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
