@@ -4,7 +4,9 @@ Each target is a real server process on a loopback port, driven by `wrk` (HTTP/1
 `--latency` for p50/p99) with the same request: the push fixture signed with the endpoint's
 secret (X-Hub-Signature-256), a new X-GitHub-Delivery per request so that none is a duplicate.
 
-- bare:    a FastAPI app under the same uvicorn settings whose POST only answers 202;
+- bare:    a FastAPI app under the same uvicorn settings whose POST only answers 202, on the
+           asyncio loop as `eventflow serve`'s main process runs; with intake workers also
+           `bare/uvloop`, on uvloop as the workers run, their baseline;
 - memory:  `eventflow serve` on the embedded bus; 202 once the bus holds the event, the engine
            recording every event in SQLite in the same process meanwhile;
 - jetstream: the same on NATS JetStream: by default a nats-server of its own (file store in a
@@ -115,15 +117,14 @@ def bare_app() -> FastAPI:
     return app
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, loop: str) -> None:
     uvicorn.run(
-        bare_app(),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        loop="asyncio",
+        bare_app(), host="127.0.0.1", port=port, log_config=None, access_log=False, loop=loop
     )
+
+
+# The bare endpoint's targets and the event loop each runs on.
+BARE_LOOPS = {"bare": "asyncio", "bare/uvloop": "uvloop"}
 
 
 @dataclass
@@ -154,10 +155,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 def start(
     kind: str, workers: int, work: Path, port: int, nats: str, stream: str
 ) -> subprocess.Popen[bytes]:
-    log = work / f"{kind}-{workers}.log"
+    log = work / f"{kind.replace('/', '-')}-{workers}.log"
     env = {**os.environ, "BENCH_GITHUB_SECRET": SECRET, "EVENTFLOW_LOG_LEVEL": "warning"}
-    if kind == "bare":
-        command = [sys.executable, __file__, "--serve-bare", str(port)]
+    if kind in BARE_LOOPS:
+        command = [sys.executable, __file__, "--serve-bare", str(port), BARE_LOOPS[kind]]
     else:
         command = [EVENTFLOW, "serve", str(work / "sensor.yaml"), "--port", str(port)]
         command += ["--data-dir", str(work / f"data-{kind}-{workers}")]
@@ -245,7 +246,7 @@ def measure(kind: str, workers: int, work: Path, script: Path, args: argparse.Na
     port = free_port()
     stream = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
     process = start(kind, workers, work, port, args.nats, stream)
-    name = kind if kind == "bare" else f"{kind}/{workers}w"
+    name = kind if kind in BARE_LOOPS else f"{kind}/{workers}w"
     try:
         return run_wrk(name, port, script, args, process.pid)
     finally:
@@ -298,10 +299,10 @@ def main() -> None:
         default=1,
         help="measure every target this many times, in turn; medians are printed too",
     )
-    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare is not None:
-        serve_bare(args.serve_bare)
+        serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
@@ -312,10 +313,14 @@ def main() -> None:
         script = work / "github.lua"
         body = "[==[" + PUSH.decode() + "]==]"
         script.write_text(WRK_SCRIPT % {"body": body, "signature": signature})
+        bares = ["bare", "bare/uvloop"] if any(args.workers) else ["bare"]
         targets = [
-            (kind, workers)
+            (target, workers)
             for kind in args.only
-            for workers in ([0] if kind == "bare" else args.workers)
+            for target, counts in (
+                [(bare, [0]) for bare in bares] if kind == "bare" else [(kind, args.workers)]
+            )
+            for workers in counts
         ]
         with own_nats(work, args):
             rounds = [
@@ -344,16 +349,24 @@ def print_round(results: list[Figures]) -> None:
             f"{figures.name:<14} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
             f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8} {figures.cpu_us:>16,.0f}"
         )
-    bare = next((figures for figures in results if figures.name == "bare"), None)
-    if bare is not None:
-        for figures in results:
-            if figures is not bare:
-                print(f"{figures.name} / bare: {figures.rate / bare.rate:.0%}")
+    for figures in results:
+        bare = baseline_of(figures, results)
+        if bare is not None:
+            print(f"{figures.name} / {bare.name}: {figures.rate / bare.rate:.0%}")
+
+
+def baseline_of(figures: Figures, results: list[Figures]) -> Figures | None:
+    """The bare endpoint on the event loop of the process that answered `figures`' webhooks:
+    the main process's (asyncio) without intake workers, the workers' (uvloop) with them."""
+    if figures.name in BARE_LOOPS:
+        return None
+    wanted = "bare" if figures.name.endswith("/0w") else "bare/uvloop"
+    return next((bare for bare in results if bare.name == wanted), None)
 
 
 def print_medians(rounds: list[list[Figures]]) -> None:
-    """Each target's median over the rounds; its ratio to bare is the median of the rounds'
-    ratios, each taken between runs minutes apart rather than across the whole run."""
+    """Each target's median over the rounds; its ratio to bare is the median of the ratios
+    taken within each round."""
     print(f"medians of {len(rounds)} rounds")
     print(
         f"{'target':<14} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16} {'/ bare':>7}"
@@ -363,8 +376,7 @@ def print_medians(rounds: list[list[Figures]]) -> None:
         ratios = [
             results[position].rate / bare.rate
             for results in rounds
-            for bare in results
-            if bare.name == "bare" and first.name != "bare"
+            if (bare := baseline_of(results[position], results)) is not None
         ]
         ratio = f"{statistics.median(ratios):.0%}" if ratios else ""
         print(
