@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -229,6 +231,41 @@ def test_walkthrough_webhook_to_finished_run(start_server, tmp_path, workers):
     [decision] = event.json()["decisions"]
     assert (decision["matched"], decision["run_id"]) == (True, run["id"])
     assert server.stop() == 0
+
+
+def test_readme_github_example_runs_ci_once_for_a_delivery_sent_twice(tmp_path):
+    """README's worked example as written: examples/github, the hand-signed push sent twice."""
+    secret = "It is a Secret to Everybody"
+    server = ServerProcess(
+        EXAMPLES.parent / "github",
+        tmp_path / "data",
+        free_port(),
+        env={"GITHUB_WEBHOOK_SECRET": secret},
+    )
+    try:
+        body = b'{"ref":"refs/heads/main","after":"6113728f","repository":{"full_name":"octo/app"}}'
+        headers = {
+            "content-type": "application/json",
+            "x-github-event": "push",
+            "x-github-delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "x-hub-signature-256": "sha256="
+            + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        }
+        answers = [
+            httpx.post(f"{server.url}/webhooks/github", content=body, headers=headers)
+            for _ in range(2)
+        ]
+        assert [(answer.status_code, answer.json()) for answer in answers] == [
+            (202, {"id": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}),
+            (200, {"id": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "duplicate": True}),
+        ]
+        run = server.run(server.first_run()["id"], {"Succeeded", "Failed"})
+        assert (run["trigger"], run["state"]) == ("ci-on-main", "Succeeded")
+        logs = cli("runs", "logs", run["id"], "checkout", server=server.url)
+        assert logs.stdout == "checkout octo/app 6113728f\n"
+        assert len(httpx.get(f"{server.url}/api/v1/runs").json()["runs"]) == 1
+    finally:
+        server.stop()
 
 
 def test_cli_against_no_server_says_what_to_do():
