@@ -25,8 +25,10 @@ between the first target and the last.
 The server and wrk share this machine's cores, as they would on a small node; run with
 nothing else busy. Beside the rate and latency, the CPU time the server's processes (the main
 one and its intake workers) spent per delivery: steadier than a rate on a machine whose
-neighbours take its cores now and then. Nothing is asserted: figures are printed for the
-closing note.
+neighbours take its cores now and then; and the events the engine stored per second meanwhile
+(`stored/s`, read from the SQLite file): a 202 only says the bus holds the event, so a rate
+the engine does not keep up with is one the bus buffers until it is full, not one that lasts.
+Nothing is asserted: figures are printed for the closing note.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -136,6 +139,11 @@ class Figures:
     requests: int
     not_2xx: int
     cpu_us: float  # CPU time of the server's processes per request
+    stored_rate: float | None  # events the engine stored per second meanwhile
+
+
+def data_dir(work: Path, kind: str, workers: int) -> Path:
+    return work / f"data-{kind}-{workers}"
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -161,7 +169,7 @@ def start(
         command = [sys.executable, __file__, "--serve-bare", str(port), BARE_LOOPS[kind]]
     else:
         command = [EVENTFLOW, "serve", str(work / "sensor.yaml"), "--port", str(port)]
-        command += ["--data-dir", str(work / f"data-{kind}-{workers}")]
+        command += ["--data-dir", str(data_dir(work, kind, workers))]
         command += ["--intake-workers", str(workers)]
         if kind == "jetstream":
             env |= {
@@ -200,12 +208,28 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace, server: int) -> Figures:
+def stored_events(database: Path | None) -> int:
+    """How many events the store at `database` holds (0 for none)."""
+    if database is None:
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as store:
+        count: int = store.execute("SELECT count(*) FROM events").fetchone()[0]
+        return count
+
+
+def run_wrk(
+    name: str,
+    port: int,
+    script: Path,
+    args: argparse.Namespace,
+    server: int,
+    database: Path | None,
+) -> Figures:
     command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(args.connections)]
     url = f"http://127.0.0.1:{port}"
     warm_up = [*command, "-d", "2s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]]
     subprocess.run(warm_up, capture_output=True, check=True)
-    before = cpu_seconds(server)
+    before, stored_before, started = cpu_seconds(server), stored_events(database), time.monotonic()
     result = subprocess.run(
         [*command, "-d", f"{args.duration}s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]],
         capture_output=True,
@@ -213,6 +237,8 @@ def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace, server
         check=True,
     )
     cpu = cpu_seconds(server) - before
+    stored = stored_events(database) - stored_before
+    elapsed = time.monotonic() - started
     out = result.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
@@ -227,6 +253,7 @@ def run_wrk(name: str, port: int, script: Path, args: argparse.Namespace, server
         total,
         int(bad.group(1)) if bad else 0,
         cpu * 1e6 / total,
+        None if database is None else stored / elapsed,
     )
 
 
@@ -247,8 +274,9 @@ def measure(kind: str, workers: int, work: Path, script: Path, args: argparse.Na
     stream = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
     process = start(kind, workers, work, port, args.nats, stream)
     name = kind if kind in BARE_LOOPS else f"{kind}/{workers}w"
+    database = None if kind in BARE_LOOPS else data_dir(work, kind, workers) / "eventflow.db"
     try:
-        return run_wrk(name, port, script, args, process.pid)
+        return run_wrk(name, port, script, args, process.pid, database)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -342,12 +370,13 @@ def main() -> None:
 def print_round(results: list[Figures]) -> None:
     print(
         f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-        f" {'CPU us/delivery':>16}"
+        f" {'CPU us/delivery':>16} {'stored/s':>9}"
     )
     for figures in results:
         print(
             f"{figures.name:<14} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
             f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8} {figures.cpu_us:>16,.0f}"
+            f" {stored_rate(figures.stored_rate):>9}"
         )
     for figures in results:
         bare = baseline_of(figures, results)
@@ -369,7 +398,8 @@ def print_medians(rounds: list[list[Figures]]) -> None:
     taken within each round."""
     print(f"medians of {len(rounds)} rounds")
     print(
-        f"{'target':<14} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16} {'/ bare':>7}"
+        f"{'target':<14} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16}"
+        f" {'stored/s':>9} {'/ bare':>7}"
     )
     for position, first in enumerate(rounds[0]):
         runs = [results[position] for results in rounds]
@@ -379,11 +409,17 @@ def print_medians(rounds: list[list[Figures]]) -> None:
             if (bare := baseline_of(results[position], results)) is not None
         ]
         ratio = f"{statistics.median(ratios):.0%}" if ratios else ""
+        stored = [run.stored_rate for run in runs if run.stored_rate is not None]
         print(
             f"{first.name:<14} {statistics.median(run.rate for run in runs):>13,.0f}"
             f" {statistics.median(run.p99_ms for run in runs):>8.2f}"
-            f" {statistics.median(run.cpu_us for run in runs):>16,.0f} {ratio:>7}"
+            f" {statistics.median(run.cpu_us for run in runs):>16,.0f}"
+            f" {stored_rate(statistics.median(stored) if stored else None):>9} {ratio:>7}"
         )
+
+
+def stored_rate(rate: float | None) -> str:
+    return "" if rate is None else f"{rate:,.0f}"
 
 
 if __name__ == "__main__":
