@@ -162,4 +162,4 @@ class SqlSensorState(SpacesState):
             )
             return result.rowcount
 
-        return await self._runner.write(write)
+        return await self._runner.write_bulk(write)

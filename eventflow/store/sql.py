@@ -92,7 +92,7 @@ class SqlStore:
         runner = connect(parsed)
         try:
             lease = Lease(replica_id or default_replica_id(runner.dialect), lease_seconds)
-            await runner.write(migrations.upgrade)
+            await runner.write_bulk(migrations.upgrade)
         except BaseException:
             await runner.close()
             raise
