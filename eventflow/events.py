@@ -53,7 +53,34 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+class _Data:
+    """`Event.data`: its value, or, for an event whose data is text read once already (see
+    `deferring_data`), that text read on first use: most events are stored and matched by
+    triggers that never look at their data, and a webhook's is a 7 KB document."""
+
+    def __get__(self, event: Event | None, owner: type[Event] | None = None) -> Any:
+        if event is None:
+            return None  # the field's default, as dataclass asks for it
+        value = event.__dict__[_DATA]
+        if isinstance(value, _Unread):
+            value = jsoncodec.loads(value.text)
+            event.__dict__[_DATA] = value
+        return value
+
+    def __set__(self, event: Event, value: Any) -> None:
+        event.__dict__[_DATA] = value
+
+
+_DATA = "_data"
+
+
 @dataclass(frozen=True, slots=True)
+class _Unread:
+    text: bytes
+
+
+# Not slotted: `data` is a descriptor, which a slot of the same name would replace.
+@dataclass(frozen=True)
 class Event:
     """A CloudEvent as its sender made it. `data` is a JSON value, or bytes for binary data."""
 
@@ -64,7 +91,7 @@ class Event:
     time: datetime | None = None
     datacontenttype: str | None = None
     dataschema: str | None = None
-    data: Any = None
+    data: Any = _Data()
     extensions: Mapping[str, ExtensionValue] = field(default_factory=dict)
     specversion: str = SPEC_VERSION
     # `data` as JSON text when it came as such (see `keeping_data_text`). Not an __init__
@@ -192,6 +219,16 @@ def keeping_data_text(event: Event, text: bytes) -> Event:
     return event
 
 
+def deferring_data(event: Event, text: bytes) -> Event:
+    """`event`, with `text` as its data, read when first asked for and written as it is (see
+    `keeping_data_text`). `text` must be UTF-8 JSON that `jsoncodec.loads` reads without error
+    as a value other than null: JSON that its writer read already, such as an intake worker's
+    event, whose body the worker read to take it."""
+    keeping_data_text(event, text)
+    event.__dict__[_DATA] = _Unread(text)
+    return event
+
+
 @dataclass(frozen=True, slots=True)
 class ReceivedEvent:
     """An event stamped by eventflow on arrival: which sensor heard it, and when."""
@@ -211,11 +248,15 @@ class ReceivedEvent:
         )
 
     @classmethod
-    def decode(cls, payload: bytes) -> ReceivedEvent:
+    def decode(cls, payload: bytes, *, data_read: bool = False) -> ReceivedEvent:
         """The event `encode` wrote. Its data keeps its text when `payload` ends with it (as
         `encode` writes it), so that the store, or the bus of a main process that an intake
-        worker handed the event to, writes that text instead of encoding the data again."""
-        document, data_text = _split_at_data(payload)
+        worker handed the event to, writes that text instead of encoding the data again.
+
+        `data_read`: `payload` is what `encode` wrote from an event whose data was read as
+        JSON: from an intake worker, not from a bus anyone may publish to. The data's text is
+        then read when first asked for (see `deferring_data`), not here."""
+        document, data_text = _split_at_data(payload, read_data=not data_read)
         if document is None:
             try:
                 document = jsoncodec.loads(payload)
@@ -229,16 +270,19 @@ class ReceivedEvent:
             raise InvalidEventError("bus payload lacks eventflow's arrival stamp")
         event = Event.from_dict(document)
         if data_text is not None:
-            keeping_data_text(event, data_text)
+            (deferring_data if data_read else keeping_data_text)(event, data_text)
         return cls(event=event, sensor=sensor, received_at=parse_time(received))
 
 
 _DATA_MEMBER = b',"data":'
 
 
-def _split_at_data(payload: bytes) -> tuple[dict[str, Any] | None, bytes | None]:
+def _split_at_data(
+    payload: bytes, *, read_data: bool
+) -> tuple[dict[str, Any] | None, bytes | None]:
     """`payload` read as `{...head..., "data": <text>}`: the whole object and the data's text,
-    or (None, None) when it is not so written (data elsewhere, or none, or not JSON).
+    or (None, None) when it is not so written (data elsewhere, or none, or not JSON). Without
+    `read_data`, the object is the head alone, and the text is taken as the data's unread.
 
     In valid JSON `,"data":` outside a string only starts a member named data (a string's
     quotes are escaped), so the first one, at the top level, splits the head from the data;
@@ -250,13 +294,17 @@ def _split_at_data(payload: bytes) -> tuple[dict[str, Any] | None, bytes | None]
     data_text = payload[at + len(_DATA_MEMBER) : -1]
     try:
         head = jsoncodec.loads(payload[:at] + b"}")
-        data = jsoncodec.loads(data_text)
+        if read_data:
+            data = jsoncodec.loads(data_text)
     except ValueError:
         return None, None
     # An empty head is `{` then `,"data":`, which is not JSON.
     if not isinstance(head, dict) or not head or "data" in head or "data_base64" in head:
         return None, None
-    if data is None:
+    if read_data:
+        if data is None:
+            return None, None
+        head["data"] = data
+    elif data_text.strip(jsoncodec.JSON_SPACE) == b"null":
         return None, None
-    head["data"] = data
     return head, data_text

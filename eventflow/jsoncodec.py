@@ -27,7 +27,7 @@ import orjson
 _DIGITS_ONLY = bytes(ord("0") if ord("0") <= byte <= ord("9") else ord(" ") for byte in range(256))
 _NINETEEN_DIGITS = b"0" * 19
 _VALUE_BEFORE = b":,["
-_JSON_SPACE = b" \t\n\r"
+JSON_SPACE = b" \t\n\r"
 # Deeper than orjson goes (it refuses past 255); a cycle gets there too, and json reports it.
 _ORJSON_DEPTH = 255
 
@@ -40,7 +40,7 @@ def may_hold_big_integer(text: bytes) -> bool:
     start = digits.find(_NINETEEN_DIGITS)
     while start >= 0:
         before = start - 1 if start and text[start - 1] == ord("-") else start
-        while before and text[before - 1] in _JSON_SPACE:
+        while before and text[before - 1] in JSON_SPACE:
             before -= 1
         if not before or text[before - 1] in _VALUE_BEFORE:
             return True

@@ -322,12 +322,14 @@ class TriggerIndex:
         """The selectors whose indexed conditions admit the event: matched, or refused by
         their filter (false or failed), sorted by trigger and event name."""
         event = received.event
-        data = event.data
         values = (received.sensor, event.type, event.source, event.subject or "")
         admitted: list[_Selector] = []
         for leaf in _leaves(self._root, values):
             admitted.extend(leaf.plain)
             for condition, table in leaf.keyed:
+                # Data is asked for only here: an intake worker's is read on first use, and
+                # most events reach no data condition.
+                data = event.data
                 key = _key(condition.find(data))
                 group = table.get(key) if key is not None else None
                 if group is not None:

@@ -255,7 +255,9 @@ class MainEnd:
 
     async def _serve_publish(self, frames: _Frames, number: int, payload: bytes) -> None:
         try:
-            await self._publish(ReceivedEvent.decode(payload))
+            # The worker's sensor read the data to take the event: it is read again here only
+            # if a trigger looks at it.
+            await self._publish(ReceivedEvent.decode(payload, data_read=True))
         except BusUnavailableError as error:
             frames.send(REFUSED, number, _refusal(error, error.delay))
         except EventflowError as error:

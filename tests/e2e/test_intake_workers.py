@@ -167,6 +167,58 @@ def test_deliveries_are_answered_by_every_worker_and_stored_once(start, resource
     assert server.stop() == 0
 
 
+def test_a_workers_event_is_matched_on_its_data_and_stored_as_it_came(start, resources):
+    """The main process reads a worker's event data only when a trigger asks for it: filters
+    on the data choose the trigger, its arguments come from the data, and the stored event
+    holds the body's data."""
+    flow = textwrap.dedent(
+        """\
+        ---
+        apiVersion: eventflow.io/v1alpha1
+        kind: Trigger
+        metadata: {name: on-tag}
+        spec:
+          events:
+            push:
+              sensor: github
+              type: com.github.push
+              data: {ref: refs/tags/simple-tag}
+              filter: 'data.repository.name == "Hello-World"'
+          workflow: note
+          arguments: {ref: "{{ events.push.data.ref }}", pusher: "{{ events.push.data.pusher.name }}"}
+        ---
+        apiVersion: eventflow.io/v1alpha1
+        kind: Trigger
+        metadata: {name: on-main}
+        spec:
+          events:
+            push: {sensor: github, type: com.github.push, filter: 'data.ref == "refs/heads/main"'}
+          workflow: note
+        ---
+        apiVersion: eventflow.io/v1alpha1
+        kind: WorkflowTemplate
+        metadata: {name: note}
+        spec:
+          parameters: [{name: ref, default: "-"}, {name: pusher, default: "-"}]
+          steps:
+            - name: note
+              command: [python3, -c, "pass"]
+        """
+    )
+    resources.write_text(GITHUB_SENSOR + flow)
+    server = start(resources)
+    assert deliver(server, "tagged").status_code == 202
+    eventually(lambda: stored(server, "tagged"), "the event stored")
+    event = httpx.get(f"{server.url}/api/v1/events/tagged").json()
+    assert event["document"]["data"] == json.loads(PUSH)
+    eventually(lambda: bool(httpx.get(f"{server.url}/api/v1/runs").json()["runs"]), "a run")
+    [run] = httpx.get(f"{server.url}/api/v1/runs").json()["runs"]
+    run = httpx.get(f"{server.url}/api/v1/runs/{run['id']}").json()
+    assert (run["trigger"], run["event_id"]) == ("on-tag", "tagged")
+    assert run["arguments"] == {"ref": "refs/tags/simple-tag", "pusher": "Codertocat"}
+    assert server.stop() == 0
+
+
 def test_bad_signature_is_refused_by_a_worker_and_nothing_is_stored(start, resources):
     server = start(resources)
     headers = signed(PUSH, "bad-1") | {"x-hub-signature-256": "sha256=" + "0" * 64}

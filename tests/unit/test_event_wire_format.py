@@ -222,3 +222,45 @@ def test_a_payload_that_only_splits_into_json_is_refused(payload: bytes) -> None
     with pytest.raises(InvalidEventError) as raised:
         ReceivedEvent.decode(payload)
     assert str(raised.value).startswith("bus payload is not JSON: ")
+
+
+@pytest.mark.parametrize(
+    "text", [b'{"a": [1, 2.5, "\\u00e9"], "big": 123456789012345678901234}', b" [true, null]\n"]
+)
+def test_data_already_read_is_read_on_first_use_as_the_bus_reads_it(text: bytes) -> None:
+    """An intake worker's event: the same event as the bus reads, its data read when asked
+    for (big integers as json reads them), its text written as it came."""
+    payload = ReceivedEvent(kept_as_text(text), "hooks", STAMP).encode()
+    deferred = ReceivedEvent.decode(payload, data_read=True)
+    assert deferred.event.data_text == text
+    assert deferred.event.data == json.loads(text)
+    assert deferred == ReceivedEvent.decode(payload)
+    assert deferred.encode() == payload
+    assert replace(deferred.event, subject="s").data == json.loads(text)
+
+
+def test_data_already_read_is_not_read_until_asked_for() -> None:
+    """Text that is not JSON (which no intake worker sends) shows when it is read: not by
+    decoding, nor by storing it, only by asking for the data."""
+    payload = b'{"specversion":"1.0","id":"1","source":"/s","type":"t",%s,"data":[1,}' % (
+        STAMPS.encode()
+    )
+    deferred = ReceivedEvent.decode(payload, data_read=True)
+    assert deferred.event.to_json().endswith(b',"data":[1,}')
+    with pytest.raises(ValueError, match="Expecting value"):
+        _ = deferred.event.data
+    with pytest.raises(InvalidEventError):
+        ReceivedEvent.decode(payload)
+
+
+def test_payloads_without_data_at_the_end_read_the_same_when_already_read() -> None:
+    """Data first, null or base64: nothing to defer, the event json would read."""
+    for payload in (
+        '{"data":{"a":1},"specversion":"1.0","id":"1","source":"/s","type":"t",%s}',
+        '{"specversion":"1.0","id":"1","source":"/s","type":"t",%s,"data":null}',
+        '{"specversion":"1.0","id":"1","source":"/s","type":"t",%s,"data_base64":"AAE="}',
+    ):
+        encoded = (payload % STAMPS).encode()
+        event = ReceivedEvent.decode(encoded, data_read=True)
+        assert event == ReceivedEvent.decode(encoded)
+        assert event.event.data_text is None
