@@ -377,7 +377,9 @@ async def test_a_dead_replicas_run_is_taken_over_after_its_lease_and_finishes_on
     (flags / "go-work-2").touch()
     (flags / "go-after-1").touch()
     async with replica("b", store_url, tmp_path) as b:
-        store = await SqlStore.open(store_url, replica_id="a", lease_seconds=1)
+        # A renews every second: on a busy machine a stall of its loop under 2 s does not let
+        # the lease lapse before A dies, which would let B take the run while A still runs.
+        store = await SqlStore.open(store_url, replica_id="a", lease_seconds=3)
         executor = LocalExecutor(tmp_path / "a" / "steps")
         await executor.start()
         before = asyncio.all_tasks()
