@@ -23,11 +23,15 @@ neighbours come and go, a ratio to bare taken within each round moves less than 
 between the first target and the last.
 
 The server and wrk share this machine's cores, as they would on a small node; run with
-nothing else busy. Beside the rate and latency, the CPU time the server's processes (the main
-one and its intake workers) spent per delivery: steadier than a rate on a machine whose
-neighbours take its cores now and then; and the events the engine stored per second meanwhile
-(`stored/s`, read from the SQLite file): a 202 only says the bus holds the event, so a rate
-the engine does not keep up with is one the bus buffers until it is full, not one that lasts.
+nothing else busy. Beside the rate and latency:
+- the CPU time the server's processes (the main one and its intake workers) spent per
+  delivery: steadier than a rate on a machine whose neighbours take its cores now and then;
+- of it, the main process's (`main`): set against the workers' share, it tells which side
+  runs out of its core first;
+- the events the engine stored per second meanwhile (`stored/s`, read from the SQLite file):
+  a 202 only says the bus holds the event, so a rate the engine does not keep up with is one
+  the bus buffers until it is full, not one that lasts.
+
 Nothing is asserted: figures are printed for the closing note.
 """
 
@@ -139,6 +143,7 @@ class Figures:
     requests: int
     not_2xx: int
     cpu_us: float  # CPU time of the server's processes per request
+    main_cpu_us: float  # of which the main process's: the engine's, with intake workers
     stored_rate: float | None  # events the engine stored per second meanwhile
 
 
@@ -196,16 +201,16 @@ def milliseconds(text: str) -> float:
     return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process `pid` and of its children still running."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process `pid`, and of it with its children still running."""
     ticks = os.sysconf("SC_CLK_TCK")
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0.0
+    times = []
     for process in [pid, *map(int, children)]:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+            times.append((int(fields[11]) + int(fields[12])) / ticks)
+    return times[0], sum(times)
 
 
 def stored_events(database: Path | None) -> int:
@@ -236,7 +241,7 @@ def run_wrk(
         text=True,
         check=True,
     )
-    cpu = cpu_seconds(server) - before
+    main_after, after = cpu_seconds(server)
     stored = stored_events(database) - stored_before
     elapsed = time.monotonic() - started
     out = result.stdout
@@ -252,7 +257,8 @@ def run_wrk(
         milliseconds(p99),
         total,
         int(bad.group(1)) if bad else 0,
-        cpu * 1e6 / total,
+        (after - before[1]) * 1e6 / total,
+        (main_after - before[0]) * 1e6 / total,
         None if database is None else stored / elapsed,
     )
 
@@ -370,13 +376,13 @@ def main() -> None:
 def print_round(results: list[Figures]) -> None:
     print(
         f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-        f" {'CPU us/delivery':>16} {'stored/s':>9}"
+        f" {'CPU us/delivery':>16} {'main':>5} {'stored/s':>9}"
     )
     for figures in results:
         print(
             f"{figures.name:<14} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
             f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8} {figures.cpu_us:>16,.0f}"
-            f" {stored_rate(figures.stored_rate):>9}"
+            f" {figures.main_cpu_us:>5,.0f} {stored_rate(figures.stored_rate):>9}"
         )
     for figures in results:
         bare = baseline_of(figures, results)
@@ -399,7 +405,7 @@ def print_medians(rounds: list[list[Figures]]) -> None:
     print(f"medians of {len(rounds)} rounds")
     print(
         f"{'target':<14} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16}"
-        f" {'stored/s':>9} {'/ bare':>7}"
+        f" {'main':>5} {'stored/s':>9} {'/ bare':>7}"
     )
     for position, first in enumerate(rounds[0]):
         runs = [results[position] for results in rounds]
@@ -414,6 +420,7 @@ def print_medians(rounds: list[list[Figures]]) -> None:
             f"{first.name:<14} {statistics.median(run.rate for run in runs):>13,.0f}"
             f" {statistics.median(run.p99_ms for run in runs):>8.2f}"
             f" {statistics.median(run.cpu_us for run in runs):>16,.0f}"
+            f" {statistics.median(run.main_cpu_us for run in runs):>5,.0f}"
             f" {stored_rate(statistics.median(stored) if stored else None):>9} {ratio:>7}"
         )
 
