@@ -137,10 +137,26 @@ def test_kubernetes_jobs_overlay_gives_settings_that_load(monkeypatch: pytest.Mo
 
 
 def test_distributed_overlay_uses_nats_postgres_and_jobs() -> None:
-    """Bus on NATS, store URL from the eventflow-store Secret, steps as Jobs."""
-    env = env_of(rendered("overlays/distributed"))
+    """Bus on NATS, store URL from the eventflow-store Secret, steps as Jobs; two replicas,
+    each named after its Pod in the leases, replaced one at a time."""
+    docs = rendered("overlays/distributed")
+    env = env_of(docs)
     assert env["EVENTFLOW_BUS__URL"] == "nats://nats:4222"
     assert env["EVENTFLOW_STORE__URL"] == {
         "secretKeyRef": {"name": "eventflow-store", "key": "url"}
     }
     assert env["EVENTFLOW_EXECUTOR__KIND"] == "kubernetes"
+    assert env["EVENTFLOW_REPLICA__ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    deployment = one(docs, "Deployment")["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+
+def test_base_keeps_one_replica_on_its_sqlite_volume() -> None:
+    """SQLite is one Pod's file: one replica, and the old Pod goes before the new one starts."""
+    for kustomization in ("base", "overlays/kubernetes-jobs"):
+        deployment = one(rendered(kustomization), "Deployment")["spec"]
+        assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
