@@ -234,7 +234,8 @@ def run_wrk(
     url = f"http://127.0.0.1:{port}"
     warm_up = [*command, "-d", "2s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]]
     subprocess.run(warm_up, capture_output=True, check=True)
-    before, stored_before, started = cpu_seconds(server), stored_events(database), time.monotonic()
+    (main_before, before), stored_before = cpu_seconds(server), stored_events(database)
+    started = time.monotonic()
     result = subprocess.run(
         [*command, "-d", f"{args.duration}s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]],
         capture_output=True,
@@ -257,8 +258,8 @@ def run_wrk(
         milliseconds(p99),
         total,
         int(bad.group(1)) if bad else 0,
-        (after - before[1]) * 1e6 / total,
-        (main_after - before[0]) * 1e6 / total,
+        (after - before) * 1e6 / total,
+        (main_after - main_before) * 1e6 / total,
         None if database is None else stored / elapsed,
     )
 

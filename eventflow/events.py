@@ -294,17 +294,15 @@ def _split_at_data(
     data_text = payload[at + len(_DATA_MEMBER) : -1]
     try:
         head = jsoncodec.loads(payload[:at] + b"}")
-        if read_data:
-            data = jsoncodec.loads(data_text)
+        data = jsoncodec.loads(data_text) if read_data else None
     except ValueError:
         return None, None
     # An empty head is `{` then `,"data":`, which is not JSON.
     if not isinstance(head, dict) or not head or "data" in head or "data_base64" in head:
         return None, None
-    if read_data:
-        if data is None:
-            return None, None
-        head["data"] = data
-    elif data_text.strip(jsoncodec.JSON_SPACE) == b"null":
+    # Null data is no data: no text to keep, read or not.
+    if data_text.strip(jsoncodec.JSON_SPACE) == b"null":
         return None, None
+    if read_data:
+        head["data"] = data
     return head, data_text
