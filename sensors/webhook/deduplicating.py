@@ -15,9 +15,9 @@ engine's run dedupe still holds. This module does not parse requests or answer t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from types import TracebackType
 
 import structlog
 
@@ -40,8 +40,10 @@ class DeliveryLedger:
         self._sensor = sensor
         self._state = state
         self._window = timedelta(seconds=window_seconds)
-        # key -> (lock, holders and waiters): the entry goes when its last user leaves.
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # A held key -> the copies waiting for it, in order (None: none yet); a free key is
+        # absent. A lock per key as a dict entry: most keys are never contended, and an
+        # asyncio.Lock each cost a delivery more than the rest of its hold.
+        self._held: dict[str, list[asyncio.Future[None]] | None] = {}
         # Recorded, not yet committed to the state: key -> (event id, expiry).
         self._unwritten: dict[str, tuple[str, datetime]] = {}
         self._to_write: dict[str, tuple[str, datetime]] = {}
@@ -49,27 +51,39 @@ class DeliveryLedger:
         self._reads: list[tuple[list[str], asyncio.Future[dict[str, str]]]] = []
         self._reader: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def holding(self, keys: Sequence[str], now: datetime) -> AsyncIterator[dict[str, str]]:
-        """Hold `keys` against concurrent copies; yield the ones seen and live at `now` ->
-        the event id published for them."""
-        ordered = sorted(set(keys))  # one global order, so two requests cannot deadlock
-        entries = [self._locks.setdefault(key, (asyncio.Lock(), [0])) for key in ordered]
-        for _, users in entries:
-            users[0] += 1
-        held: list[asyncio.Lock] = []
+    def holding(self, keys: Sequence[str], now: datetime) -> _Holding:
+        """Hold `keys` against concurrent copies (`async with`); it yields the ones seen and
+        live at `now` -> the event id published for them."""
+        return _Holding(self, keys, now)
+
+    async def _take(self, key: str) -> None:
+        if key not in self._held:
+            self._held[key] = None
+            return
+        handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._held[key]
+        if waiters is None:
+            self._held[key] = [handed_over]
+        else:
+            waiters.append(handed_over)
         try:
-            for lock, _ in entries:
-                await lock.acquire()
-                held.append(lock)
-            yield await self._seen(ordered, now)
-        finally:
-            for lock in held:
-                lock.release()
-            for key, (_, users) in zip(ordered, entries, strict=True):
-                users[0] -= 1
-                if users[0] == 0:
-                    del self._locks[key]
+            await handed_over
+        except asyncio.CancelledError:
+            # Handed over just as the wait was cancelled: pass it on. (A cancelled waiter
+            # stays listed, done: `_release` skips it.)
+            if handed_over.done() and not handed_over.cancelled():
+                self._release(key)
+            raise
+
+    def _release(self, key: str) -> None:
+        """Hand `key` to its first waiter still waiting, or free it."""
+        waiters = self._held[key]
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        del self._held[key]
 
     async def _seen(self, keys: Sequence[str], now: datetime) -> dict[str, str]:
         # A key stays in _unwritten until its write committed, so it is always found here
@@ -149,3 +163,37 @@ class DeliveryLedger:
             return
         if purged:
             log.debug("dedupe keys purged", sensor=self._sensor, count=purged)
+
+
+class _Holding:
+    """`async with ledger.holding(keys, now) as seen`: the keys held for the block."""
+
+    def __init__(self, ledger: DeliveryLedger, keys: Sequence[str], now: datetime) -> None:
+        self._ledger = ledger
+        # One global order, so that two requests cannot deadlock.
+        self._keys = sorted(set(keys)) if len(keys) > 1 else list(keys)
+        self._now = now
+        self._taken = 0
+
+    async def __aenter__(self) -> dict[str, str]:
+        try:
+            for key in self._keys:
+                await self._ledger._take(key)
+                self._taken += 1
+            return await self._ledger._seen(self._keys, self._now)
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for key in self._keys[: self._taken]:
+            self._ledger._release(key)
+        self._taken = 0

@@ -237,3 +237,81 @@ async def test_run_purges_expired_delivery_ids_until_cancelled(emit: Emit) -> No
         await task
     clock.now = NOW - timedelta(days=1)  # an expired entry not purged would read as present
     assert await state.scan(SPACE) == [("new", "e")]
+
+
+async def test_copies_take_a_key_in_their_order_and_a_cancelled_one_passes_it_on() -> None:
+    """Four copies of a key: the first holds it, the second is cancelled while it waits (or
+    just as the key is handed to it), the third and fourth take it in turn; none is lost."""
+    ledger = DeliveryLedger("hooks", MemorySensorState(Clock()), window_seconds=60)
+    order: list[str] = []
+    release_first = asyncio.Event()
+
+    async def copy(name: str, hold_until: asyncio.Event | None = None) -> None:
+        async with ledger.holding(["d"], NOW):
+            order.append(name)
+            if hold_until is not None:
+                await hold_until.wait()
+
+    first = asyncio.create_task(copy("first", release_first))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(copy("second"))
+    third = asyncio.create_task(copy("third"))
+    fourth = asyncio.create_task(copy("fourth"))
+    await asyncio.sleep(0.01)
+    assert order == ["first"]
+    second.cancel()
+    release_first.set()
+    async with asyncio.timeout(2):
+        await asyncio.gather(first, third, fourth)
+    assert second.cancelled()
+    assert order == ["first", "third", "fourth"]
+    assert ledger._held == {}  # every key freed once its last copy left
+
+
+async def test_a_waiter_cancelled_as_the_key_is_handed_to_it_passes_it_on() -> None:
+    """The holder leaves and cancels the next copy in the same step, so that copy is handed
+    the key but cancelled before it runs: the key goes on to the copy after it."""
+    ledger = DeliveryLedger("hooks", MemorySensorState(Clock()), window_seconds=60)
+    entered: list[str] = []
+    leave = asyncio.Event()
+    waiters: list[asyncio.Task[None]] = []
+
+    async def holder() -> None:
+        async with ledger.holding(["d"], NOW):
+            entered.append("holder")
+            await leave.wait()
+        waiters[0].cancel()  # no await since the release: the key was handed to it already
+
+    async def copy(name: str) -> None:
+        async with ledger.holding(["d"], NOW):
+            entered.append(name)
+
+    holding = asyncio.create_task(holder())
+    await asyncio.sleep(0.01)
+    waiters.extend(asyncio.create_task(copy(name)) for name in ("handed", "after"))
+    await asyncio.sleep(0.01)
+    leave.set()
+    async with asyncio.timeout(2):
+        await asyncio.gather(holding, waiters[1])
+    assert waiters[0].cancelled()
+    assert entered == ["holder", "after"]
+    assert ledger._held == {}
+
+
+async def test_requests_holding_overlapping_keys_do_not_deadlock() -> None:
+    """Keys taken in one order whatever order a request names them in: requests naming the
+    same keys the other way round all finish, each holding all of its keys at once."""
+    ledger = DeliveryLedger("hooks", MemorySensorState(Clock()), window_seconds=60)
+    holding: set[str] = set()
+
+    async def hold(keys: list[str]) -> None:
+        async with ledger.holding(keys, NOW):
+            assert not holding & set(keys)
+            holding.update(keys)
+            await asyncio.sleep(0)
+            holding.difference_update(keys)
+
+    requests = [["a", "b", "c"], ["c", "b", "a"], ["b", "a"], ["c", "a"], ["a", "a", "b"]] * 20
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(hold(keys) for keys in requests))
+    assert ledger._held == {}
