@@ -144,6 +144,7 @@ def serve(
             **listen,
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # as in the intake workers (workers/worker.py)
             # Not uvloop: libuv starts a step's process by fork(), which costs more the
             # larger the server grows; the intake workers, which start none, run on it.
             loop="asyncio",
