@@ -23,6 +23,7 @@ check methods, body sizes or signatures, and it does not publish anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class MediaType:
         )
 
 
+# Deliveries to an endpoint come with one or two Content-Types, each parsed twice a request.
+@functools.lru_cache(maxsize=64)
 def parse_media_type(value: str | None) -> MediaType | None:
     """`application/json; charset=utf-8` -> MediaType; None when the header is absent or blank."""
     if value is None or not value.strip():
