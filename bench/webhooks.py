@@ -18,6 +18,12 @@ secret (X-Hub-Signature-256), a new X-GitHub-Delivery per request so that none i
 (`api.intake_workers`): with 0 one process answers the webhooks and runs the engine; with N,
 N processes answer the webhooks and the main process runs the engine.
 
+`--connections 32 64` (the default) loads each server with each count of keep-alive
+connections in turn, and prints each target's peak: its best median rate over the counts, set
+against its baseline's best. One process answering 202 is busy with 32 requests in flight; an
+eventflow delivery crosses processes (intake worker, main process, back), so it takes more in
+flight before its busiest process has no idle gaps. p99 is for the count it is printed with.
+
 `--rounds N` measures every target N times, in turn, and prints the medians: on a host whose
 neighbours come and go, a ratio to bare taken within each round moves less than one taken
 between the first target and the last.
@@ -137,6 +143,7 @@ BARE_LOOPS = {"bare": "asyncio", "bare/uvloop": "uvloop"}
 @dataclass
 class Figures:
     name: str
+    connections: int
     rate: float
     p50_ms: float
     p99_ms: float
@@ -224,13 +231,14 @@ def stored_events(database: Path | None) -> int:
 
 def run_wrk(
     name: str,
+    connections: int,
     port: int,
     script: Path,
     args: argparse.Namespace,
     server: int,
     database: Path | None,
 ) -> Figures:
-    command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(args.connections)]
+    command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(connections)]
     url = f"http://127.0.0.1:{port}"
     warm_up = [*command, "-d", "2s", "-s", str(script), url, "--", uuid.uuid4().hex[:8]]
     subprocess.run(warm_up, capture_output=True, check=True)
@@ -253,6 +261,7 @@ def run_wrk(
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return Figures(
         name,
+        connections,
         rate,
         milliseconds(p50),
         milliseconds(p99),
@@ -276,14 +285,20 @@ async def delete_stream(nats: str, stream: str) -> None:
         await client.close()
 
 
-def measure(kind: str, workers: int, work: Path, script: Path, args: argparse.Namespace) -> Figures:
+def measure(
+    kind: str, workers: int, work: Path, script: Path, args: argparse.Namespace
+) -> list[Figures]:
+    """One server of `kind`, loaded with each count of connections in turn."""
     port = free_port()
     stream = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
     process = start(kind, workers, work, port, args.nats, stream)
     name = kind if kind in BARE_LOOPS else f"{kind}/{workers}w"
     database = None if kind in BARE_LOOPS else data_dir(work, kind, workers) / "eventflow.db"
     try:
-        return run_wrk(name, port, script, args, process.pid, database)
+        return [
+            run_wrk(name, connections, port, script, args, process.pid, database)
+            for connections in args.connections
+        ]
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -319,7 +334,13 @@ def own_nats(work: Path, args: argparse.Namespace) -> Iterator[None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per target")
-    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[32, 64],
+        help="counts of keep-alive connections, each measured in turn on the same server",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument(
         "--nats", default=None, help="a running JetStream server (default: start one)"
@@ -359,12 +380,16 @@ def main() -> None:
         ]
         with own_nats(work, args):
             rounds = [
-                [measure(kind, workers, work, script, args) for kind, workers in targets]
+                [
+                    figures
+                    for kind, workers in targets
+                    for figures in measure(kind, workers, work, script, args)
+                ]
                 for _ in range(args.rounds)
             ]
     print(
         f"signed GitHub push deliveries ({len(PUSH)} bytes), wrk -t{args.threads}"
-        f" -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs"
+        f" -c{'/'.join(map(str, args.connections))} -d{args.duration}s, {os.cpu_count()} CPUs"
     )
     for number, results in enumerate(rounds, start=1):
         if args.rounds > 1:
@@ -372,32 +397,51 @@ def main() -> None:
         print_round(results)
     if args.rounds > 1:
         print_medians(rounds)
+    if len(args.connections) > 1:
+        print_peaks(rounds)
 
 
 def print_round(results: list[Figures]) -> None:
     print(
-        f"{'target':<14} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-        f" {'CPU us/delivery':>16} {'main':>5} {'stored/s':>9}"
+        f"{'target':<14} {'conns':>5} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'non-2xx':>8} {'CPU us/delivery':>16} {'main':>5} {'stored/s':>9}"
     )
     for figures in results:
         print(
-            f"{figures.name:<14} {figures.rate:>13,.0f} {figures.p50_ms:>8.2f}"
-            f" {figures.p99_ms:>8.2f} {figures.not_2xx:>8} {figures.cpu_us:>16,.0f}"
-            f" {figures.main_cpu_us:>5,.0f} {stored_rate(figures.stored_rate):>9}"
+            f"{figures.name:<14} {figures.connections:>5} {figures.rate:>13,.0f}"
+            f" {figures.p50_ms:>8.2f} {figures.p99_ms:>8.2f} {figures.not_2xx:>8}"
+            f" {figures.cpu_us:>16,.0f} {figures.main_cpu_us:>5,.0f}"
+            f" {stored_rate(figures.stored_rate):>9}"
         )
     for figures in results:
         bare = baseline_of(figures, results)
         if bare is not None:
-            print(f"{figures.name} / {bare.name}: {figures.rate / bare.rate:.0%}")
+            print(
+                f"{figures.name} / {bare.name} at {figures.connections} connections:"
+                f" {figures.rate / bare.rate:.0%}"
+            )
+
+
+def baseline_name(name: str) -> str | None:
+    """The bare endpoint on the event loop of the process that answered target `name`'s
+    webhooks: the main process's (asyncio) without intake workers, the workers' (uvloop)
+    with them; None for a bare endpoint."""
+    if name in BARE_LOOPS:
+        return None
+    return "bare" if name.endswith("/0w") else "bare/uvloop"
 
 
 def baseline_of(figures: Figures, results: list[Figures]) -> Figures | None:
-    """The bare endpoint on the event loop of the process that answered `figures`' webhooks:
-    the main process's (asyncio) without intake workers, the workers' (uvloop) with them."""
-    if figures.name in BARE_LOOPS:
-        return None
-    wanted = "bare" if figures.name.endswith("/0w") else "bare/uvloop"
-    return next((bare for bare in results if bare.name == wanted), None)
+    """The baseline of `figures` in the same round, at the same count of connections."""
+    wanted = baseline_name(figures.name)
+    return next(
+        (
+            bare
+            for bare in results
+            if bare.name == wanted and bare.connections == figures.connections
+        ),
+        None,
+    )
 
 
 def print_medians(rounds: list[list[Figures]]) -> None:
@@ -405,7 +449,7 @@ def print_medians(rounds: list[list[Figures]]) -> None:
     taken within each round."""
     print(f"medians of {len(rounds)} rounds")
     print(
-        f"{'target':<14} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16}"
+        f"{'target':<14} {'conns':>5} {'deliveries/s':>13} {'p99 ms':>8} {'CPU us/delivery':>16}"
         f" {'main':>5} {'stored/s':>9} {'/ bare':>7}"
     )
     for position, first in enumerate(rounds[0]):
@@ -418,12 +462,30 @@ def print_medians(rounds: list[list[Figures]]) -> None:
         ratio = f"{statistics.median(ratios):.0%}" if ratios else ""
         stored = [run.stored_rate for run in runs if run.stored_rate is not None]
         print(
-            f"{first.name:<14} {statistics.median(run.rate for run in runs):>13,.0f}"
+            f"{first.name:<14} {first.connections:>5}"
+            f" {statistics.median(run.rate for run in runs):>13,.0f}"
             f" {statistics.median(run.p99_ms for run in runs):>8.2f}"
             f" {statistics.median(run.cpu_us for run in runs):>16,.0f}"
             f" {statistics.median(run.main_cpu_us for run in runs):>5,.0f}"
             f" {stored_rate(statistics.median(stored) if stored else None):>9} {ratio:>7}"
         )
+
+
+def print_peaks(rounds: list[list[Figures]]) -> None:
+    """Each target's highest median rate over the counts of connections, and its ratio to
+    its baseline's highest: what each can take when enough deliveries are in flight to keep
+    it busy. A pipeline of processes needs more in flight than one process does."""
+    medians: dict[str, list[tuple[float, Figures]]] = {}
+    for position, first in enumerate(rounds[0]):
+        rate = statistics.median(results[position].rate for results in rounds)
+        medians.setdefault(first.name, []).append((rate, first))
+    peaks = {name: max(rates, key=lambda pair: pair[0]) for name, rates in medians.items()}
+    print("peaks over the counts of connections (median rates)")
+    print(f"{'target':<14} {'deliveries/s':>13} {'at conns':>9} {'/ bare peak':>12}")
+    for name, (rate, figures) in peaks.items():
+        wanted = baseline_name(name)
+        ratio = f"{rate / peaks[wanted][0]:.0%}" if wanted in peaks else ""
+        print(f"{name:<14} {rate:>13,.0f} {figures.connections:>9} {ratio:>12}")
 
 
 def stored_rate(rate: float | None) -> str:
