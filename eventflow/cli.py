@@ -105,6 +105,7 @@ def serve(
     import uvicorn
 
     from eventflow.api.app import create_app
+    from eventflow.api.listener import CoalescingHttpProtocol
     from eventflow.api.webhooks import tune_collector_for_intake
     from eventflow.sensing.secrets import INLINE_ALLOWED
     from eventflow.service import Service
@@ -145,6 +146,7 @@ def serve(
             log_config=None,
             access_log=False,
             proxy_headers=False,  # as in the intake workers (workers/worker.py)
+            http=CoalescingHttpProtocol,
             # Not uvloop: libuv starts a step's process by fork(), which costs more the
             # larger the server grows; the intake workers, which start none, run on it.
             loop="asyncio",
