@@ -16,6 +16,7 @@ own buffer holds.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -37,7 +38,7 @@ class CoalescingTransport(asyncio.Transport):
             self._loop.call_soon(self._send_held)
         self._held.append(bytes(data))
 
-    def writelines(self, list_of_data: Any) -> None:
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in list_of_data:
             self.write(data)
 
